@@ -1,0 +1,126 @@
+"""`sonotune <command>`: thin command-line wrappers over the stage functions.
+
+Commands: phantom, prepare, finetune, svm, report, strategies. A user error (bad params, bad data) prints one
+line to stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from sonotune.errors import SonotuneError
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _deterministic() -> None:
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def cmd_phantom(args) -> None:
+    from sonotune.data.phantom import sample_grid, write_phantom
+
+    if args.grid:
+        sample_grid(Path(args.out_dir), seed=args.seed)
+        return
+    paths = write_phantom(Path(args.out_dir), args.n_benign, args.n_malignant, args.size, args.seed)
+    print(f"wrote {len(paths)} images under {args.out_dir}")
+
+
+def cmd_prepare(args) -> None:
+    from sonotune.config import load_params
+    from sonotune.prepare import prepare_dataset
+
+    report = prepare_dataset(load_params(args.params), args.dataset)
+    print(f"{args.dataset}: {report['n_images']} images {report['per_class']}, {report['n_excluded']} excluded, "
+          f"digest {report['digest']}")
+
+
+def cmd_finetune(args) -> None:
+    from sonotune.config import load_params
+    from sonotune.finetune import run_finetune
+
+    params = load_params(args.params)
+    _deterministic()
+    summary = run_finetune(params, args.dataset, args.backbone, args.strategy)
+    print(f"{args.dataset} {args.backbone} {args.strategy}% MLP: AUC {summary['auc_mean']:.3f} ± {summary['auc_sd']:.3f}")
+
+
+def cmd_svm(args) -> None:
+    from sonotune.config import load_params
+    from sonotune.svm import run_svm
+
+    summary = run_svm(load_params(args.params), args.dataset, args.backbone, args.strategy)
+    print(f"{args.dataset} {args.backbone} {args.strategy}% SVM: AUC {summary['auc_mean']:.3f} ± {summary['auc_sd']:.3f}")
+
+
+def cmd_report(args) -> None:
+    from sonotune.config import load_params
+    from sonotune.report import run_report
+
+    print(run_report(load_params(args.params)))
+
+
+def cmd_strategies(args) -> None:
+    from sonotune.models.strategies import strategy_table
+
+    print(strategy_table(args.input_size))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sonotune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    phantom = sub.add_parser("phantom", help="write synthetic B-mode images as <out>/<class>/*.png")
+    phantom.add_argument("out_dir")
+    phantom.add_argument("--n-benign", type=int, default=437)
+    phantom.add_argument("--n-malignant", type=int, default=210)
+    phantom.add_argument("--size", type=int, default=128)
+    phantom.add_argument("--seed", type=int, default=42)
+    phantom.add_argument("--grid", action="store_true", help="write a sample grid PNG to OUT_DIR instead")
+    phantom.set_defaults(func=cmd_phantom)
+
+    def stage(name: str, func, config: bool = True, help: str = ""):
+        command = sub.add_parser(name, help=help)
+        command.add_argument("--params", default="params.yaml")
+        if config:
+            command.add_argument("--dataset", required=True)
+        command.set_defaults(func=func)
+        return command
+
+    stage("prepare", cmd_prepare, help="manifest and image cache of one dataset")
+    for name, func in (("finetune", cmd_finetune), ("svm", cmd_svm)):
+        command = stage(name, func, help=f"run the {name} stage for one configuration")
+        command.add_argument("--backbone", required=True)
+        command.add_argument("--strategy", type=int, required=True)
+    stage("report", cmd_report, config=False, help="tables and summary of the whole study")
+    strategies = sub.add_parser("strategies", help="frozen/trainable layer counts per backbone and strategy")
+    strategies.add_argument("--input-size", type=int, default=None)
+    strategies.set_defaults(func=cmd_strategies)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_tensorflow()
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SonotuneError as exc:
+        print(f"sonotune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

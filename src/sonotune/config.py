@@ -1,0 +1,150 @@
+"""Typed loader of params.yaml, the single source of truth of a study.
+
+`load_params(path)` returns a frozen `Params` tree; an unknown key, a wrong type or an out-of-range value
+raises `ConfigError` with one line naming the file, the dotted key and what was expected. Every stage reads
+its own section from the returned object; nothing else in the package opens params.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sonotune.errors import ConfigError
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class Section(BaseModel):
+    """A params.yaml section: unknown keys are errors, values are not coerced across types."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class PhantomSource(Section):
+    kind: Literal["phantom"]
+    n_benign: PositiveInt = 437
+    n_malignant: PositiveInt = 210
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 128
+
+
+class FolderSource(Section):
+    kind: Literal["folder"]
+    root: str
+    # class folder name -> label ("benign" | "malignant"); folders not listed are ignored
+    classes: dict[str, Literal["benign", "malignant"]] = {"benign": "benign", "malignant": "malignant"}
+
+
+DatasetSource = Annotated[Union[PhantomSource, FolderSource], Field(discriminator="kind")]
+
+
+class Study(Section):
+    datasets: Annotated[list[str], Field(min_length=1)]
+    backbones: Annotated[list[str], Field(min_length=1)]
+    strategies: Annotated[list[Literal[0, 15, 25, 50, 75, 85, 100]], Field(min_length=1)]
+
+
+class Prepare(Section):
+    resize: Literal["stretch", "pad"] = "stretch"
+
+
+class CV(Section):
+    n_splits: Annotated[int, Field(ge=2, le=20)] = 5
+    val_fraction: Fraction = 0.2
+
+
+class Finetune(Section):
+    weights: str | None = None
+    input_size: Annotated[int, Field(ge=32, le=1024)] | None = None
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 4
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4
+    dense_units: PositiveInt = 512
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
+    freeze_bn: bool = False
+    monitor: Literal["val_auc", "val_loss"] = "val_auc"
+    log_models: Literal["none", "best", "all"] = "none"
+
+
+class Svm(Section):
+    features: Literal["pooled", "dense"] = "pooled"
+    search: Literal["grid"] = "grid"
+    c_grid: Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=1)] = [0.1, 1.0, 10.0, 100.0]
+    inner_splits: Annotated[int, Field(ge=2, le=20)] = 5
+    max_iter: PositiveInt = 20000
+
+
+class Params(Section):
+    seed: Annotated[int, Field(ge=0)] = 42
+    protocol: Literal["leakage_free", "paper"] = "leakage_free"
+    study: Study
+    datasets: dict[str, DatasetSource]
+    prepare: Prepare = Prepare()
+    cv: CV = CV()
+    finetune: Finetune = Finetune()
+    svm: Svm = Svm()
+
+    @model_validator(mode="after")
+    def _study_names_exist(self) -> "Params":
+        for name in self.study.datasets:
+            if name not in self.datasets:
+                raise ValueError(
+                    f"study.datasets: '{name}' is not defined under datasets (defined: {sorted(self.datasets)})"
+                )
+        return self
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+    message = error["msg"].removeprefix("Value error, ")
+    got = f" (got {error['input']!r})" if error["type"] not in {"missing", "model_attributes_type"} else ""
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    return f"{key}: {message}{got}" if key else f"{message}{got}"
+
+
+def parse_params(raw: object, source: str = "params.yaml") -> Params:
+    """Validate an already-parsed params mapping; raise ConfigError naming the first bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc.errors()[0])}") from None
+    from sonotune.models.backbones import BACKBONES  # late import: keeps config free of Keras at import
+
+    for name in params.study.backbones:
+        if name not in BACKBONES:
+            raise ConfigError(
+                f"{source}: study.backbones: unknown backbone '{name}' (valid: {', '.join(sorted(BACKBONES))})"
+            )
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_params(raw, str(path))
+
+
+def flatten(params: BaseModel | dict, prefix: str = "") -> dict[str, object]:
+    """Flatten a (sub)tree of params to dotted keys, for MLflow params."""
+    data = params.model_dump() if isinstance(params, BaseModel) else params
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat

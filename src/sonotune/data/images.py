@@ -1,0 +1,50 @@
+"""Decoded image cache: every image decoded once, converted to 3-channel uint8 and resized to a square side.
+
+Greyscale, palette, RGBA and 16-bit images all become RGB uint8. Resize policy: `stretch` (ignore the aspect
+ratio, as Keras' loaders do) or `pad` (letterbox to square with black, then resize).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from sonotune.errors import DataError
+
+
+def to_rgb_uint8(image: Image.Image) -> Image.Image:
+    if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255 if high > low else np.zeros_like(array)
+        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    if image.mode in {"RGBA", "LA", "P"}:
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def load_square(path: Path, size: int, resize: str = "stretch") -> np.ndarray:
+    """Decode `path` to an RGB uint8 array of shape (size, size, 3)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = to_rgb_uint8(image)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot decode image ({exc})") from None
+    if resize == "pad":
+        rgb = ImageOps.pad(rgb, (size, size), method=Image.Resampling.BILINEAR, color=(0, 0, 0))
+    else:
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def build_image_array(paths: list[Path], size: int, resize: str = "stretch") -> np.ndarray:
+    """Stack every image of a manifest into one (n, size, size, 3) uint8 array, in manifest order."""
+    array = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for index, path in enumerate(paths):
+        array[index] = load_square(Path(path), size, resize)
+    return array

@@ -1,0 +1,49 @@
+"""The paper's classifier: backbone → GlobalMaxPooling2D → Dense(512, relu) → Dropout(0.5) → Dense(2, softmax).
+
+`build_classifier` returns the compiled model; `feature_model` exposes the pooled and dense activations
+that the FT-SVM stage classifies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POOLED_LAYER = "pooled"
+DENSE_LAYER = "dense_features"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    dense_units: int = 512
+    dropout: float = 0.5
+    learning_rate: float = 1e-4
+
+
+def build_classifier(backbone_model, head: HeadConfig):
+    import keras
+
+    x = keras.layers.GlobalMaxPooling2D(name=POOLED_LAYER)(backbone_model.output)
+    x = keras.layers.Dense(head.dense_units, activation="relu", name=DENSE_LAYER)(x)
+    x = keras.layers.Dropout(head.dropout)(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="probabilities")(x)
+    model = keras.Model(backbone_model.input, outputs)
+    model.compile(
+        optimizer=keras.optimizers.Adam(head.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
+    return model
+
+
+def feature_model(classifier):
+    """A model mapping images to the classifier's 'pooled' and 'dense' activations and its 'probabilities'."""
+    import keras
+
+    return keras.Model(
+        classifier.input,
+        {
+            "pooled": classifier.get_layer(POOLED_LAYER).output,
+            "dense": classifier.get_layer(DENSE_LAYER).output,
+            "probabilities": classifier.output,
+        },
+    )

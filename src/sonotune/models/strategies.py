@@ -1,0 +1,51 @@
+"""Fine-tuning strategies: the fraction of a backbone's last layers left trainable, as frozen-layer counts.
+
+The paper's Table 2 is shipped as data for its five backbones (no single rounding rule reproduces it);
+any other backbone uses round(n × (1 − f)).
+"""
+
+from __future__ import annotations
+
+STRATEGIES = (0, 15, 25, 50, 75, 85, 100)
+
+
+def frozen_layer_count(backbone: str, n_layers: int, strategy: int) -> int:
+    """Number of leading layers of `model.layers` that stay frozen under `strategy` % trainable."""
+    from sonotune.models.backbones import BACKBONES
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES} (got {strategy})")
+    spec = BACKBONES.get(backbone)
+    if spec is not None and spec.table2 and n_layers == spec.layer_count:
+        return spec.table2[strategy]
+    return round(n_layers * (1 - strategy / 100))
+
+
+def apply_strategy(backbone_model, backbone: str, strategy: int, freeze_bn: bool = False) -> int:
+    """Freeze the first layers of `backbone_model` per the strategy; return how many were frozen."""
+    import keras
+
+    n_frozen = frozen_layer_count(backbone, len(backbone_model.layers), strategy)
+    for index, layer in enumerate(backbone_model.layers):
+        layer.trainable = index >= n_frozen
+        if freeze_bn and isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    return n_frozen
+
+
+def strategy_table(input_size: int | None = None) -> str:
+    """Text table: per registered backbone and strategy, frozen/trainable counts and first trainable layer."""
+    import keras
+
+    from sonotune.models.backbones import BACKBONES, create_backbone
+
+    lines = [f"{'backbone':<12} {'strategy':>8} {'frozen':>7} {'trainable':>9}  first trainable layer"]
+    for name, spec in BACKBONES.items():
+        model = create_backbone(name, input_size or max(spec.min_size, 75), weights=None)
+        layers = model.layers
+        for strategy in STRATEGIES:
+            n_frozen = frozen_layer_count(name, len(layers), strategy)
+            first = layers[n_frozen].name if n_frozen < len(layers) else "(none: head only)"
+            lines.append(f"{name:<12} {strategy:>7}% {n_frozen:>7} {len(layers) - n_frozen:>9}  {first}")
+        keras.backend.clear_session()
+    return "\n".join(lines)
