@@ -18,12 +18,17 @@ from typing import Iterator
 LOCAL_STORE = Path("mlruns")
 
 
+def local_uri() -> str:
+    return f"sqlite:///{(LOCAL_STORE / 'mlflow.db').resolve()}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(LOCAL_STORE / 'mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_uri()
 
 
 def _uses_local_store() -> bool:
-    return not os.environ.get("MLFLOW_TRACKING_URI")
+    # compared with the URI, not the variable's presence: mlflow.set_tracking_uri also sets the variable
+    return tracking_uri() == local_uri()
 
 
 def configure() -> str:

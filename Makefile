@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make demo` (the phantom study through dvc repro) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+demo: install
+	@set -o pipefail; dvc repro 2>&1 | tee $(VENV)/demo.log
+	@grep -q "Running stage 'report'" $(VENV)/demo.log || cat reports/summary.md
+
+test: install
+	$(BIN)/pytest -q -ra
+
+clean:
+	rm -rf prepared runs reports mlruns/mlflow.db mlruns/artifacts

@@ -1,0 +1,70 @@
+"""Generated from the registry: every backbone builds with weights=None and matches the paper's Table 2."""
+
+import keras
+import pytest
+
+from sonotune.errors import ConfigError
+from sonotune.models.backbones import BACKBONES, create_backbone, get_spec
+from sonotune.models.strategies import STRATEGIES, apply_strategy, frozen_layer_count
+
+PAPER_TABLE2 = {  # the paper's Table 2, frozen layers per strategy
+    "vgg16": [19, 16, 14, 10, 5, 3, 0],
+    "vgg19": [22, 19, 16, 11, 6, 4, 0],
+    "resnet50": [175, 149, 131, 88, 44, 26, 0],
+    "resnet101": [345, 293, 259, 173, 86, 52, 0],
+    "inceptionv3": [311, 264, 233, 156, 78, 47, 0],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_backbone_builds_with_its_layer_count(name):
+    spec = get_spec(name)
+    model = create_backbone(name, input_size=max(spec.min_size, 75), weights=None)
+    assert len(model.layers) == spec.layer_count
+    assert model.output_shape[-1] > 0
+    keras.backend.clear_session()
+
+
+@pytest.mark.parametrize(("name", "strategy"), [(n, s) for n in PAPER_TABLE2 for s in STRATEGIES])
+def test_table2_cell(name, strategy):
+    expected = PAPER_TABLE2[name][STRATEGIES.index(strategy)]
+    assert frozen_layer_count(name, BACKBONES[name].layer_count, strategy) == expected
+
+
+def test_rounding_rule_for_other_backbones():
+    assert frozen_layer_count("efficientnet", 100, 15) == 85
+    assert frozen_layer_count("efficientnet", 10, 25) == round(7.5)
+
+
+def test_apply_strategy_freezes_the_first_layers():
+    model = create_backbone("resnet50", input_size=32, weights=None)
+    n_frozen = apply_strategy(model, "resnet50", 15)
+    assert n_frozen == 149
+    assert not any(layer.trainable for layer in model.layers[:149])
+    assert all(layer.trainable for layer in model.layers[149:])
+    keras.backend.clear_session()
+
+
+def test_freeze_bn_keeps_batchnorm_in_inference_mode():
+    model = create_backbone("resnet50", input_size=32, weights=None)
+    apply_strategy(model, "resnet50", 100, freeze_bn=True)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and not any(layer.trainable for layer in bns)
+    keras.backend.clear_session()
+
+
+def test_unknown_backbone_lists_valid_names():
+    with pytest.raises(ConfigError, match="unknown backbone 'alexnet' \\(valid: inceptionv3, resnet101"):
+        create_backbone("alexnet")
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="weights file .*missing.h5 not found"):
+        create_backbone("vgg16", 32, weights=str(tmp_path / "missing.h5"))
+
+
+def test_imagenet_without_cache_or_network_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr("sonotune.models.backbones._can_reach", lambda host, timeout=3.0: False)
+    with pytest.raises(ConfigError, match="place vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 at"):
+        create_backbone("vgg16", 32, weights="imagenet")

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from sonotune.cv import fold_plan
+
+
+def _data(n=90, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.35).astype(int)
+    groups = np.array([f"g{i // 2}" for i in range(n)])  # pairs of images share a group
+    y[1::2] = y[::2]  # a group has one label
+    return y, groups
+
+
+@pytest.mark.parametrize("protocol", ["leakage_free", "paper"])
+def test_folds_are_disjoint_and_grouped(protocol):
+    y, groups = _data()
+    plan = fold_plan(y, groups, protocol, n_splits=5, val_fraction=0.2, seed=3)
+    tests = np.concatenate([f.test for f in plan])
+    assert sorted(tests) == list(range(len(y)))  # every image is tested exactly once
+    for fold in plan:
+        assert not set(groups[fold.test]) & set(groups[fold.fit])
+        assert not set(fold.test) & set(fold.fit)
+        if protocol == "leakage_free":
+            assert not set(fold.val) & set(fold.test)
+            assert not set(groups[fold.val]) & set(groups[fold.fit])
+            assert len(fold.val) > 0 and set(y[fold.val]) == {0, 1}
+            assert sorted(fold.train) == sorted(np.concatenate([fold.fit, fold.val]))
+        else:
+            assert np.array_equal(fold.val, fold.test)
+            assert np.array_equal(fold.train, fold.fit)
+
+
+def test_same_seed_same_folds():
+    y, groups = _data()
+    a = fold_plan(y, groups, "leakage_free", 5, 0.2, seed=11)
+    b = fold_plan(y, groups, "leakage_free", 5, 0.2, seed=11)
+    c = fold_plan(y, groups, "leakage_free", 5, 0.2, seed=12)
+    assert all(np.array_equal(x.test, z.test) and np.array_equal(x.val, z.val) for x, z in zip(a, b))
+    assert not all(np.array_equal(x.test, z.test) for x, z in zip(a, c))

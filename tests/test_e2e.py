@@ -1,0 +1,67 @@
+"""End to end: real `dvc repro` of a tiny study in a throw-away git repo, checked through DVC and MLflow."""
+
+import json
+import sqlite3
+
+import pandas as pd
+import pytest
+
+from tests.conftest import run
+
+pytestmark = pytest.mark.e2e
+
+CONFIGS = [("vgg16", 0), ("vgg16", 15)]
+
+
+def _runs(repo):
+    with sqlite3.connect(repo / "mlruns" / "mlflow.db") as db:
+        runs = pd.read_sql("select run_uuid, status, experiment_id from runs", db)
+        tags = pd.read_sql("select run_uuid, key, value from tags", db)
+        experiments = pd.read_sql("select experiment_id, name from experiments", db)
+    wide = tags.pivot(index="run_uuid", columns="key", values="value").reset_index()
+    return runs.merge(wide, on="run_uuid").merge(experiments, on="experiment_id")
+
+
+def test_dvc_repro_tiny_study(tiny_repo):
+    out = run(["dvc", "repro"], tiny_repo).stdout
+    assert "Best: phantom / vgg16" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+
+    # DVC: metrics of every configuration, ROC plots, report
+    for backbone, strategy in CONFIGS:
+        for classifier in ("mlp", "svm"):
+            metrics = json.loads((tiny_repo / f"runs/phantom/{backbone}/{strategy}/{classifier}_metrics.json").read_text())
+            assert len(metrics["folds"]) == 3 and 0.0 <= metrics["mean"]["auc_mean"] <= 1.0
+    shown = run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout
+    assert "runs/phantom/vgg16/15/svm_metrics.json" in shown
+    table = pd.read_csv(tiny_repo / "reports" / "table3.csv")
+    assert len(table) == len(CONFIGS)
+    mlp = json.loads((tiny_repo / "runs/phantom/vgg16/15/mlp_metrics.json").read_text())["mean"]["auc_mean"]
+    assert table.loc[table.strategy == 15, "mlp_auc"].item() == pytest.approx(mlp, abs=1e-4)
+    oof = pd.read_csv(tiny_repo / "runs/phantom/vgg16/0/mlp/oof.csv")
+    assert len(oof) == 36 and oof["fold"].between(0, 2).all() and oof["score"].between(0, 1).all()
+
+    # MLflow: one experiment, a parent per (backbone, strategy, classifier), a child per fold, all tagged
+    runs = _runs(tiny_repo)
+    assert set(runs["name"]) == {"sonotune-phantom"}
+    assert (runs["status"] == "FINISHED").all()
+    parents = runs[runs["fold"] == "all"]
+    assert len(parents) == 4
+    assert sorted(zip(parents.backbone, parents.strategy, parents.classifier)) == sorted(
+        (b, str(s), c) for b, s in CONFIGS for c in ("mlp", "svm"))
+    children = runs[runs["fold"] != "all"]
+    assert len(children) == 12
+    assert set(children["mlflow.parentRunId"]) == set(parents["run_uuid"])
+    for tag in ("dataset", "backbone", "strategy", "classifier", "fold", "protocol", "git_commit", "dvc_exp"):
+        assert runs[tag].notna().all(), tag
+    assert (runs["protocol"] == "leakage_free").all()
+    artifacts = list((tiny_repo / "mlruns" / "artifacts").rglob("*.png"))
+    assert any(p.name == "roc.png" for p in artifacts) and any(p.name == "confusion_matrix.png" for p in artifacts)
+
+    # a second repro is a no-op
+    again = run(["dvc", "repro"], tiny_repo).stdout
+    assert "Running stage" not in again
+
+    # changing a finetune param reruns finetune, svm and report, not prepare
+    exp = run(["dvc", "exp", "run", "-S", "finetune.learning_rate=0.001"], tiny_repo).stdout
+    assert "Running stage 'finetune@phantom-vgg16-0'" in exp and "Running stage 'finetune@phantom-vgg16-15'" in exp
+    assert "Running stage 'prepare" not in exp
