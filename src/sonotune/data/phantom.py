@@ -44,12 +44,12 @@ def _sample_lesion(rng: np.random.Generator, size: int, malignant: bool) -> Lesi
     """Draw a lesion; the class shifts the distributions of aspect ratio and margin, which overlap."""
     radius = size * rng.uniform(0.09, 0.2)
     # width/height: benign mostly > 1 (wider-than-tall), malignant mostly < 1 (taller-than-wide)
-    log_aspect = rng.normal(-0.25 if malignant else 0.35, 0.25)
+    log_aspect = rng.normal(-0.1 if malignant else 0.15, 0.3)
     aspect = float(np.exp(log_aspect))
     half_width = radius * np.sqrt(aspect)
     half_height = radius / np.sqrt(aspect)
-    irregularity = rng.uniform(0.08, 0.3) if malignant else rng.uniform(0.0, 0.12)
-    spicules = int(rng.integers(0, 9)) if malignant and rng.random() < 0.7 else 0
+    irregularity = rng.uniform(0.04, 0.25) if malignant else rng.uniform(0.0, 0.15)
+    spicules = int(rng.integers(1, 7)) if malignant and rng.random() < 0.4 else 0
     spicule_length = rng.uniform(0.2, 0.55) if spicules else 0.0
     margin = 0.18 * size
     return LesionShape(
@@ -79,7 +79,7 @@ def _lesion_mask(shape: LesionShape, size: int, rng: np.random.Generator) -> np.
         delta = np.angle(np.exp(1j * (theta - angle)))
         radius += shape.spicule_length * np.clip(1 - np.abs(delta) / width, 0, None)
     edge = 0.04 if shape.margin_irregularity < 0.12 and shape.spicules == 0 else 0.015
-    return 1.0 / (1.0 + np.exp((rho - radius) / edge))
+    return 1.0 / (1.0 + np.exp(np.clip((rho - radius) / edge, -50, 50)))
 
 
 def _tissue_map(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -111,18 +111,16 @@ def simulate_bmode(rng: np.random.Generator, size: int, malignant: bool) -> np.n
     mask = _lesion_mask(shape, size, rng)
 
     interior = rng.uniform(0.03, 0.2)
-    if malignant:
-        blotches = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), sigma=max(size / 40, 1))
-        blotches /= blotches.std() + 1e-9
-        interior = interior * np.exp(rng.uniform(0.3, 0.7) * blotches)
-    else:
-        interior = interior * np.exp(rng.uniform(0.0, 0.25) * rng.normal(0, 0.3))
+    blotches = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), sigma=max(size / 40, 1))
+    blotches /= blotches.std() + 1e-9
+    heterogeneity = rng.uniform(0.15, 0.6) if malignant else rng.uniform(0.0, 0.3)
+    interior = interior * np.exp(heterogeneity * blotches)
     echo = echo * (1 - mask) + interior * mask
 
-    posterior_gain = rng.normal(0.35, 0.15) if malignant else rng.normal(2.0, 0.45)
+    posterior_gain = rng.normal(0.75, 0.3) if malignant else rng.normal(1.35, 0.35)
     echo = echo * (1 + (max(posterior_gain, 0.08) - 1) * _posterior_column(shape, size) * (1 - mask))
 
-    if malignant and rng.random() < 0.5:
+    if malignant and rng.random() < 0.3:
         inside = np.argwhere(mask > 0.8)
         if len(inside):
             for r, c in inside[rng.integers(0, len(inside), size=rng.integers(2, 8))]:

@@ -30,7 +30,9 @@ def build_classifier(backbone_model, head: HeadConfig):
     model.compile(
         optimizer=keras.optimizers.Adam(head.learning_rate),
         loss="categorical_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc")],
+        # multi_label: the AUC of each one-hot column (both equal the malignant-vs-benign AUC); the default
+        # flattens both columns into one, which rewards the class prior and is not the ROC AUC
+        metrics=[keras.metrics.AUC(name="auc", multi_label=True, num_labels=2)],
     )
     return model
 
