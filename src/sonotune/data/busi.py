@@ -8,6 +8,7 @@ BUSI has no patient ids: each image is its own group until the duplicate finder 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sonotune.config import BusiSource
@@ -24,6 +25,7 @@ from sonotune.data.records import (
 )
 from sonotune.errors import DataError
 
+BUSI_NAME = re.compile(r"^(benign|malignant|normal) \(\d+\)_mask\.png$")  # how BUSI names its masks
 LAYOUT = "Dataset_BUSI_with_GT/{benign,malignant,normal}/<class> (N).png"
 
 

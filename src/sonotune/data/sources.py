@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Callable
 
 from sonotune.config import FolderSource, MendeleySource, PhantomSource
-from sonotune.data.busi import busi_records, busi_root
+from sonotune.data.busi import BUSI_NAME, busi_records, busi_root
 from sonotune.data.csvfile import csv_records
 from sonotune.data.ddti import IMAGE_NAME, ddti_records
 from sonotune.data.phantom import write_phantom
-from sonotune.data.records import IMAGE_SUFFIXES, Record, class_folder_records, is_mask_name, require_dir
+from sonotune.data.records import IMAGE_SUFFIXES, Record, class_folder_records, require_dir
 from sonotune.errors import DataError
 
 
@@ -63,7 +63,7 @@ def detect_kind(path: Path) -> str:
     require_dir(path, "a dataset folder or a .csv manifest")
     classes = {p.name.lower(): p for p in _class_dirs(busi_root(path))}
     if {"benign", "malignant"} <= set(classes) and any(
-            is_mask_name(f) for f in classes["benign"].iterdir()):
+            BUSI_NAME.match(f.name) for f in classes["benign"].iterdir()):
         return "busi"
     files = [p for p in path.iterdir() if p.is_file()]
     if any(p.suffix.lower() == ".xml" for p in files) and any(
