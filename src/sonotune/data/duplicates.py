@@ -6,7 +6,8 @@ own groups (a DDTI case, a patient id) are merged into one component per group, 
 case that shares an image with another case never straddles train and test.
 
 The default distance, 6 of 64 bits, was calibrated on the shared samples: it finds every listed BUSI and DDTI
-duplicate, and Mendeley's 5-frame clips of one lesion; the nearest distinct pair in those samples is 12 apart.
+duplicate and Mendeley's 5-frame clips of one lesion; the closest pair it keeps apart is 12 bits apart in the
+BUSI and DDTI samples, 8 in Mendeley.
 """
 
 from __future__ import annotations
