@@ -49,7 +49,7 @@ def _class_records(class_dir: Path, label: str, left_out: str = "") -> list[Reco
         if left_out and not record.excluded_reason:
             record = Record(path, label, path.stem, left_out)
         records.append(record)
-    if not any(not is_mask_name(p) for p in files):
+    if not left_out and not any(not is_mask_name(p) for p in files):
         raise DataError(f"{class_dir}: class folder holds no images (only masks or nothing)")
     return records
 
