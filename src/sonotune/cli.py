@@ -1,6 +1,6 @@
 """`sonotune <command>`: thin command-line wrappers over the stage functions.
 
-Commands: phantom, prepare, finetune, svm, report, strategies. A user error (bad params, bad data) prints one
+Commands: phantom, prepare, inspect, finetune, svm, report, strategies. A user error (bad params, bad data) prints one
 line to stderr and exits with status 2.
 """
 
@@ -42,9 +42,22 @@ def cmd_prepare(args) -> None:
     from sonotune.config import load_params
     from sonotune.prepare import prepare_dataset
 
-    report = prepare_dataset(load_params(args.params), args.dataset)
+    report = prepare_dataset(load_params(args.params), args.dataset, strict=args.strict or None)
     print(f"{args.dataset}: {report['n_images']} images {report['per_class']}, {report['n_excluded']} excluded, "
           f"digest {report['digest']}")
+
+
+def cmd_inspect(args) -> None:
+    import time
+
+    from sonotune.data.inspection import inspect_dataset
+
+    start = time.perf_counter()
+    text = inspect_dataset(Path(args.path), kind=args.kind, manifest_out=args.manifest, strict=args.strict,
+                           folds=args.folds, near_distance=args.near_distance, keep_normal=args.keep_normal,
+                           classes=args.classes)
+    print(text)
+    print(f"inspected in {time.perf_counter() - start:.1f} s")
 
 
 def cmd_finetune(args) -> None:
@@ -78,6 +91,23 @@ def cmd_strategies(args) -> None:
     print(strategy_table(args.input_size))
 
 
+def add_inspect_parser(sub) -> None:
+    from sonotune.data.inspection import KINDS
+
+    inspect = sub.add_parser("inspect", help="check a dataset folder or CSV manifest and print its data report")
+    inspect.add_argument("path", help="dataset folder, or a .csv manifest (path,label[,group])")
+    inspect.add_argument("--kind", choices=KINDS, help="source kind (default: detected from the layout)")
+    inspect.add_argument("--manifest", metavar="FILE", help="also write the manifest CSV to FILE")
+    inspect.add_argument("--strict", action="store_true", help="stop at the first bad image instead of excluding it")
+    inspect.add_argument("--folds", type=int, default=5, help="check each class has a group per fold (0: skip)")
+    inspect.add_argument("--near-distance", type=int, default=6,
+                         help="perceptual-hash Hamming distance of near duplicates (-1: exact duplicates only)")
+    inspect.add_argument("--keep-normal", action="store_true", help="BUSI: count normal images as benign")
+    inspect.add_argument("--classes", metavar="DIR=LABEL,…",
+                         help="folder/mendeley: class folder → label, e.g. benign=benign,pleomorphic=benign,malignant=malignant")
+    inspect.set_defaults(func=cmd_inspect)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sonotune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(func=func)
         return command
 
-    stage("prepare", cmd_prepare, help="manifest and image cache of one dataset")
+    prepare = stage("prepare", cmd_prepare, help="manifest and image cache of one dataset")
+    prepare.add_argument("--strict", action="store_true", help="stop at the first bad image instead of excluding it")
+    add_inspect_parser(sub)
     for name, func in (("finetune", cmd_finetune), ("svm", cmd_svm)):
         command = stage(name, func, help=f"run the {name} stage for one configuration")
         command.add_argument("--backbone", required=True)

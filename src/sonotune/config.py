@@ -32,14 +32,58 @@ class PhantomSource(Section):
     image_size: Annotated[int, Field(ge=32, le=1024)] = 128
 
 
+Label = Literal["benign", "malignant"]
+DEFAULT_CLASSES: dict[str, Label] = {"benign": "benign", "malignant": "malignant"}
+# the study's reading of DDTI's TI-RADS scores (Bal-Ghaoui et al.): 2, 3 benign; 4a, 4b, 4c, 5 malignant
+PAPER_TIRADS: dict[str, Label] = {
+    "2": "benign", "3": "benign", "4a": "malignant", "4b": "malignant", "4c": "malignant", "5": "malignant",
+}
+
+
 class FolderSource(Section):
     kind: Literal["folder"]
     root: str
     # class folder name -> label ("benign" | "malignant"); folders not listed are ignored
-    classes: dict[str, Literal["benign", "malignant"]] = {"benign": "benign", "malignant": "malignant"}
+    classes: dict[str, Label] = DEFAULT_CLASSES
 
 
-DatasetSource = Annotated[Union[PhantomSource, FolderSource], Field(discriminator="kind")]
+class MendeleySource(Section):
+    """Breast Ultrasound Image (Rodrigues, Mendeley Data 2017): class folders of greyscale BMP."""
+
+    kind: Literal["mendeley"]
+    root: str = "data/mendeley"
+    classes: dict[str, Label] = DEFAULT_CLASSES
+
+
+class BusiSource(Section):
+    """BUSI (Al-Dhabyani et al. 2020): Dataset_BUSI_with_GT/{benign,malignant,normal} with `_mask` files."""
+
+    kind: Literal["busi"]
+    root: str = "data/busi/Dataset_BUSI_with_GT"
+    normal: Literal["exclude", "benign"] = "exclude"  # exclude: the paper's 437 + 210; benign: normal joins benign
+
+
+class DdtiSource(Section):
+    """DDTI (Pedraza et al. 2015): flat folder of <case>_<k>.jpg and <case>.xml holding <tirads>."""
+
+    kind: Literal["ddti"]
+    root: str = "data/ddti"
+    tirads: dict[str, Label] = PAPER_TIRADS  # TI-RADS score (lower case) -> label; other scores are excluded
+
+
+class CsvSource(Section):
+    """A manifest file with columns path,label[,group] (e.g. BUS-BRA, BrEaST with their patient ids)."""
+
+    kind: Literal["csv"]
+    manifest: str
+    root: str | None = None  # folder the CSV's paths are relative to (and must stay under); default: the CSV's folder
+    labels: dict[str, Label] = DEFAULT_CLASSES  # value in the CSV's label column -> label
+
+
+DatasetSource = Annotated[
+    Union[PhantomSource, FolderSource, MendeleySource, BusiSource, DdtiSource, CsvSource],
+    Field(discriminator="kind"),
+]
 
 
 class Study(Section):
@@ -50,6 +94,10 @@ class Study(Section):
 
 class Prepare(Section):
     resize: Literal["stretch", "pad"] = "stretch"
+    # near duplicates: 64-bit perceptual hashes at most this Hamming distance apart; null = exact duplicates only
+    near_duplicate_distance: Annotated[int, Field(ge=0, le=32)] | None = 6
+    label_conflicts: Literal["exclude", "keep"] = "exclude"  # one image under two labels
+    strict: bool = False  # stop at the first bad image instead of excluding it with its reason
 
 
 class CV(Section):

@@ -1,9 +1,15 @@
-"""Stage `prepare`: turn one configured dataset into a manifest and decoded uint8 image arrays.
+"""Stage `prepare`: turn one configured dataset into a manifest, a data report and decoded uint8 image arrays.
 
-Run as `sonotune prepare --dataset NAME [--params params.yaml]`. Writes `prepared/NAME/` (manifest.csv,
-images_<size>.npy for every input size the study needs, generated source images for the phantom) and the
-data report `prepared/NAME.json` (DVC metrics). The folder is built beside its target and moved into
-place at the end, so a failure leaves the previous output intact.
+Run as `sonotune prepare --dataset NAME [--params params.yaml] [--strict]`. Writes `prepared/NAME/`
+(manifest.csv, images_<size>.npy for every input size the study needs, cache.json with the key of those
+arrays, generated source images for the phantom) and the data report `prepared/NAME.json` (DVC metrics:
+counts per class, exclusions with reasons, duplicate groups, sizes). The folder is built beside its target
+and moved into place at the end, so a failure leaves the previous output intact.
+
+The image arrays are the decoded image cache: each image is decoded, made RGB and resized once per input
+size, and the arrays are keyed by (dataset, size, resize policy, manifest digest) in cache.json, so
+`load_prepared` refuses arrays that do not belong to the manifest beside them and no epoch decodes a file.
+`dataset_info(NAME)` gives the digest and counts for tracking the dataset on the runs that use it.
 """
 
 from __future__ import annotations
@@ -13,18 +19,28 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from sonotune.config import Params
 from sonotune.data.images import build_image_array
-from sonotune.data.manifest import build_manifest, included, manifest_digest, read_manifest
+from sonotune.data.manifest import (
+    build_manifest,
+    check_study_ready,
+    first_problem,
+    included,
+    manifest_digest,
+    read_manifest,
+)
+from sonotune.data.report import data_report
 from sonotune.data.sources import collect_records
+from sonotune.errors import DataError
 from sonotune.models.backbones import get_spec
 
 PREPARED_ROOT = Path("prepared")
 
 
-def prepared_dir(dataset: str) -> Path:
-    return PREPARED_ROOT / dataset
+def prepared_dir(dataset: str, root: Path = PREPARED_ROOT) -> Path:
+    return root / dataset
 
 
 def input_sizes(params: Params) -> list[int]:
@@ -32,44 +48,51 @@ def input_sizes(params: Params) -> list[int]:
     return sorted({params.finetune.input_size or get_spec(name).native_size for name in params.study.backbones})
 
 
-def image_array_path(dataset: str, size: int) -> Path:
-    return prepared_dir(dataset) / f"images_{size}.npy"
+def image_array_path(dataset: str, size: int, root: Path = PREPARED_ROOT) -> Path:
+    return prepared_dir(dataset, root) / f"images_{size}.npy"
 
 
-def data_report(manifest) -> dict:
-    kept = included(manifest)
-    excluded = manifest[manifest["excluded_reason"] != ""]
-    return {
-        "n_images": int(len(kept)),
-        "n_groups": int(kept["group"].nunique()),
-        "per_class": {label: int(n) for label, n in kept["label"].value_counts().sort_index().items()},
-        "n_excluded": int(len(excluded)),
-        "excluded_reasons": {r: int(n) for r, n in excluded["excluded_reason"].value_counts().items()},
-        "width": {"min": int(kept["width"].min()), "max": int(kept["width"].max())},
-        "height": {"min": int(kept["height"].min()), "max": int(kept["height"].max())},
-        "digest": manifest_digest(manifest),
-    }
+def scan_dataset(source, work_dir: Path, seed: int, near_distance: int | None = 6, label_conflicts: str = "exclude",
+                 strict: bool = False) -> pd.DataFrame:
+    """The manifest of one dataset source; under `strict` the first bad image stops with its reason."""
+    manifest = build_manifest(collect_records(source, work_dir, seed), source.kind, near_distance, label_conflicts)
+    problem = first_problem(manifest) if strict else None
+    if problem:
+        raise DataError(f"{problem} (--strict)")
+    return manifest
 
 
 def _final_path(path: Path, staging: Path, target: Path) -> str:
     return (target / path.relative_to(staging)).as_posix() if path.is_relative_to(staging) else path.as_posix()
 
 
-def prepare_dataset(params: Params, dataset: str, root: Path = PREPARED_ROOT) -> dict:
+def _write_cache(staging: Path, dataset: str, params: Params, paths: list[Path], digest: str) -> None:
+    sizes = input_sizes(params)
+    for size in sizes:
+        np.save(staging / f"images_{size}.npy", build_image_array(paths, size, params.prepare.resize))
+    key = {"dataset": dataset, "sizes": sizes, "resize": params.prepare.resize, "digest": digest}
+    (staging / "cache.json").write_text(json.dumps(key, indent=2) + "\n")
+
+
+def prepare_dataset(params: Params, dataset: str, root: Path = PREPARED_ROOT, strict: bool | None = None) -> dict:
+    """Manifest, report and image cache of `dataset`; returns the report. `strict` overrides prepare.strict."""
+    if dataset not in params.datasets:
+        raise DataError(f"datasets.{dataset}: not defined in params (defined: {', '.join(sorted(params.datasets))})")
+    source = params.datasets[dataset]
     target = root / dataset
     staging = root / f".{dataset}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        records = collect_records(params.datasets[dataset], staging, params.seed)
-        manifest = build_manifest(records, params.datasets[dataset].kind)
+        manifest = scan_dataset(source, staging, params.seed, params.prepare.near_duplicate_distance,
+                                params.prepare.label_conflicts, params.prepare.strict if strict is None else strict)
+        check_study_ready(manifest, params.cv.n_splits, f"datasets.{dataset}")
         paths = [Path(p) for p in included(manifest)["path"]]
         # generated sources (the phantom) live in the staging folder: record where they will end up
         manifest["path"] = [_final_path(Path(p), staging, target) for p in manifest["path"]]
         manifest.to_csv(staging / "manifest.csv", index=False)
-        for size in input_sizes(params):
-            np.save(staging / f"images_{size}.npy", build_image_array(paths, size, params.prepare.resize))
         report = data_report(manifest)
+        _write_cache(staging, dataset, params, paths, report["digest"])
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -79,8 +102,33 @@ def prepare_dataset(params: Params, dataset: str, root: Path = PREPARED_ROOT) ->
     return report
 
 
-def load_prepared(dataset: str, size: int):
+def load_prepared(dataset: str, size: int, root: Path = PREPARED_ROOT):
     """The included manifest rows and their (n, size, size, 3) uint8 images, in the same order."""
-    manifest = included(read_manifest(prepared_dir(dataset) / "manifest.csv"))
-    images = np.load(image_array_path(dataset, size), mmap_mode="r")
+    folder = prepared_dir(dataset, root)
+    if not (folder / "manifest.csv").is_file():
+        raise DataError(f"{folder / 'manifest.csv'}: not found; run `sonotune prepare --dataset {dataset}` first")
+    full = read_manifest(folder / "manifest.csv")
+    key = json.loads((folder / "cache.json").read_text())
+    if key["digest"] != manifest_digest(full) or size not in key["sizes"]:
+        raise DataError(f"{image_array_path(dataset, size, root)}: image cache does not match the manifest "
+                        f"(or has no {size} px arrays); rerun `sonotune prepare --dataset {dataset}`")
+    manifest = included(full)
+    images = np.load(image_array_path(dataset, size, root), mmap_mode="r")
     return manifest, images
+
+
+def dataset_info(dataset: str, root: Path = PREPARED_ROOT) -> dict:
+    """Flat facts about a prepared dataset to record on the runs that use it (MLflow tags/params).
+
+    Keys: dataset, source, digest, n_images, n_<label> per class, n_groups, n_excluded, n_duplicate_groups.
+    For `mlflow.log_input`: `mlflow.data.from_pandas(manifest, name=dataset, digest=info["digest"])`.
+    """
+    path = root / f"{dataset}.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `sonotune prepare --dataset {dataset}` first")
+    report = json.loads(path.read_text())
+    info = {"dataset": dataset, "source": report["source"], "digest": report["digest"],
+            "n_images": report["n_images"]}
+    info.update({f"n_{label}": n for label, n in report["per_class"].items()})
+    info.update({key: report[key] for key in ("n_groups", "n_excluded", "n_duplicate_groups")})
+    return info

@@ -6,21 +6,24 @@ ratio, as Keras' loaders do) or `pad` (letterbox to square with black, then resi
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
 from sonotune.errors import DataError
 
 
 def to_rgb_uint8(image: Image.Image) -> Image.Image:
-    if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
+    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
         scaled = (array - low) / (high - low) * 255 if high > low else np.zeros_like(array)
         image = Image.fromarray(scaled.astype(np.uint8), mode="L")
-    if image.mode in {"RGBA", "LA", "P"}:
+    if image.mode in {"RGBA", "LA", "P", "PA"}:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
@@ -45,6 +48,12 @@ def load_square(path: Path, size: int, resize: str = "stretch") -> np.ndarray:
 def build_image_array(paths: list[Path], size: int, resize: str = "stretch") -> np.ndarray:
     """Stack every image of a manifest into one (n, size, size, 3) uint8 array, in manifest order."""
     array = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for index, path in enumerate(paths):
-        array[index] = load_square(Path(path), size, resize)
+
+    def fill(index: int) -> None:
+        array[index] = load_square(Path(paths[index]), size, resize)
+
+    # threads: PIL releases the GIL while decoding and resizing
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(tqdm(pool.map(fill, range(len(paths))), total=len(paths), desc=f"caching images at {size} px",
+                  unit="img", leave=False, disable=None))
     return array

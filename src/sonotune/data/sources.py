@@ -1,42 +1,31 @@
-"""Dataset registry: every source kind turns its configuration into a list of labelled image records.
+"""Dataset registry: every source kind turns its configuration into a list of image records.
 
-A record is (path, label, group); `manifest.build_manifest` adds hashes, sizes and exclusions. The phantom
-source first renders its images with `phantom.write_phantom`, so every kind ends up as files on disk.
+A record is (path, label, group, excluded_reason); `manifest.build_manifest` adds hashes, sizes, duplicates and
+the remaining exclusions. Kinds: `busi`, `mendeley`, `ddti`, `folder` (any `<root>/<class>/*` set, e.g. the
+salivary-glands set), `csv` (a `path,label[,group]` file) and `phantom` (renders its images with
+`phantom.write_phantom` first, so every kind ends up as files on disk). `detect_kind` guesses the kind of a
+path for `sonotune inspect`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sonotune.config import FolderSource, PhantomSource
+from sonotune.config import FolderSource, MendeleySource, PhantomSource
+from sonotune.data.busi import BUSI_NAME, busi_records, busi_root
+from sonotune.data.csvfile import csv_records
+from sonotune.data.ddti import IMAGE_NAME, ddti_records
 from sonotune.data.phantom import write_phantom
+from sonotune.data.records import IMAGE_SUFFIXES, Record, class_folder_records, require_dir
 from sonotune.errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
-
-@dataclass(frozen=True)
-class Record:
-    path: Path
-    label: str  # "benign" | "malignant"
-    group: str  # images of one group always share a fold
-
-
-def _folder_records(source: FolderSource, work_dir: Path, seed: int) -> list[Record]:
-    root = Path(source.root)
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset root not found (expected <root>/<class>/<images>)")
+def _folder_records(source: FolderSource | MendeleySource, work_dir: Path, seed: int) -> list[Record]:
+    root = require_dir(Path(source.root), "<root>/<class>/<images>")
     records = []
     for class_name, label in sorted(source.classes.items()):
-        class_dir = root / class_name
-        if not class_dir.is_dir():
-            raise DataError(f"{class_dir}: class folder not found")
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"{class_dir}: class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        records += [Record(p, label, f"{class_name}/{p.stem}") for p in files]
+        records += class_folder_records(root / class_name, label, f"{class_name}/")
     return records
 
 
@@ -47,15 +36,43 @@ def _phantom_records(source: PhantomSource, work_dir: Path, seed: int) -> list[R
 
 
 SOURCES: dict[str, Callable[..., list[Record]]] = {
+    "busi": busi_records,
+    "csv": csv_records,
+    "ddti": ddti_records,
     "folder": _folder_records,
+    "mendeley": _folder_records,
     "phantom": _phantom_records,
 }
 
 
 def collect_records(source, work_dir: Path, seed: int) -> list[Record]:
     """Records of one configured dataset; `work_dir` receives any files the source has to generate."""
-    records = SOURCES[source.kind](source, Path(work_dir), seed)
-    labels = {r.label for r in records}
-    if labels != {"benign", "malignant"}:
-        raise DataError(f"dataset has only the class(es) {sorted(labels)}; benign and malignant are both needed")
-    return records
+    return SOURCES[source.kind](source, Path(work_dir), seed)
+
+
+def _class_dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def detect_kind(path: Path) -> str:
+    """The source kind a path looks like: csv file, BUSI, DDTI, Mendeley (BMP class folders) or folder."""
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "csv"
+        raise DataError(f"{path}: not a dataset folder or a .csv manifest")
+    require_dir(path, "a dataset folder or a .csv manifest")
+    classes = {p.name.lower(): p for p in _class_dirs(busi_root(path))}
+    if {"benign", "malignant"} <= set(classes) and any(
+            BUSI_NAME.match(f.name) for f in classes["benign"].iterdir()):
+        return "busi"
+    files = [p for p in path.iterdir() if p.is_file()]
+    if any(p.suffix.lower() == ".xml" for p in files) and any(
+            IMAGE_NAME.match(p.stem) and p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+        return "ddti"
+    classes = _class_dirs(path)
+    if classes:
+        images = [f for c in classes for f in c.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
+        if images and all(f.suffix.lower() == ".bmp" for f in images):
+            return "mendeley"
+        return "folder"
+    raise DataError(f"{path}: cannot tell the dataset kind (no class folders, no <case>.xml); pass --kind")

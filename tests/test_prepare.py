@@ -1,0 +1,141 @@
+"""Stage `prepare` on generated datasets: manifest, data report, keyed image cache, failures leave no output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from sonotune.config import parse_params
+from sonotune.data.images import load_square
+from sonotune.data.manifest import COLUMNS, read_manifest
+from sonotune.errors import ConfigError, DataError
+from sonotune.prepare import dataset_info, load_prepared, prepare_dataset
+from tests.conftest import ROOT
+from tests.data.helpers import class_folders
+
+
+def params_for(datasets: dict, **prepare) -> object:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["datasets"] = datasets
+    raw["study"] = {"datasets": list(datasets), "backbones": ["vgg16"], "strategies": [0]}
+    raw["finetune"]["input_size"] = 32
+    raw["cv"]["n_splits"] = 3
+    raw["prepare"].update(prepare)
+    return parse_params(raw)
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    root = class_folders(tmp_path / "data" / "set", {"benign": 5, "malignant": 4, "unused": 2})
+    Image.fromarray(np.array(Image.open(root / "benign" / "benign_1.png")).astype(np.uint16) * 200).save(
+        root / "benign" / "wide16.png")  # 16-bit greyscale
+    Image.open(root / "malignant" / "malignant_1.png").convert("RGBA").save(root / "malignant" / "alpha.png")
+    return root
+
+
+def test_prepare_writes_manifest_report_and_keyed_cache(dataset, tmp_path):
+    params = params_for({"set": {"kind": "folder", "root": str(dataset)}})
+    out = tmp_path / "prepared"
+    report = prepare_dataset(params, "set", root=out)
+
+    assert report["per_class"] == {"benign": 6, "malignant": 5} and report["n_excluded"] == 0
+    assert json.loads((out / "set.json").read_text()) == report
+    manifest = read_manifest(out / "set" / "manifest.csv")
+    assert list(manifest.columns) == COLUMNS
+    assert not manifest["path"].str.contains("unused").any()
+    assert set(manifest["mode"]) == {"L", "I;16", "RGBA"}
+    assert manifest["phash"].str.fullmatch(r"[0-9a-f]{16}").all()
+
+    rows, images = load_prepared("set", 32, root=out)
+    assert images.shape == (11, 32, 32, 3) and images.dtype == np.uint8
+    for index in (0, len(rows) - 1):  # arrays in manifest order
+        assert np.array_equal(images[index], load_square(Path(rows["path"][index]), 32))
+    assert json.loads((out / "set" / "cache.json").read_text()) == {
+        "dataset": "set", "sizes": [32], "resize": "stretch", "digest": report["digest"]}
+    # the 16-bit and RGBA files are re-saves of benign_1 and malignant_1: found as duplicates, grouped with them
+    groups = {g["id"]: (g["kind"], sorted(g["members"])) for g in report["duplicate_groups"]}
+    assert sorted(groups.values()) == [("exact", ["malignant/alpha.png", "malignant/malignant_1.png"]),
+                                       ("near", ["benign/benign_1.png", "benign/wide16.png"])]
+    info = dataset_info("set", root=out)
+    assert info == {"dataset": "set", "source": "folder", "digest": report["digest"], "n_images": 11,
+                    "n_benign": 6, "n_malignant": 5, "n_groups": 9, "n_excluded": 0, "n_duplicate_groups": 2}
+    with pytest.raises(DataError, match="no 64 px arrays"):
+        load_prepared("set", 64, root=out)
+
+    # a manifest that no longer matches its arrays is refused
+    edited = (out / "set" / "manifest.csv").read_text().replace(",benign,", ",malignant,", 1)
+    (out / "set" / "manifest.csv").write_text(edited)
+    with pytest.raises(DataError, match="image cache does not match the manifest"):
+        load_prepared("set", 32, root=out)
+
+
+def test_image_conversion_to_rgb_uint8(tmp_path):
+    grey16 = np.linspace(0, 65535, 40 * 40).reshape(40, 40).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    rgba = np.zeros((40, 40, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 128  # half-transparent red over black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    g16 = load_square(tmp_path / "g16.png", 20)
+    assert g16.dtype == np.uint8 and g16.shape == (20, 20, 3) and g16.min() < 10 and g16.max() > 245
+    red = load_square(tmp_path / "rgba.png", 20, "pad")
+    assert abs(int(red[10, 10, 0]) - 100) <= 2 and red[10, 10, 1] == 0
+
+
+def test_a_bad_image_is_excluded_unless_strict(dataset, tmp_path):
+    (dataset / "benign" / "benign_0.png").write_bytes(b"broken")
+    out = tmp_path / "prepared"
+    params = params_for({"set": {"kind": "folder", "root": str(dataset)}})
+    report = prepare_dataset(params, "set", root=out)
+    assert report["per_class"]["benign"] == 5 and report["excluded_by_reason"] == {"corrupt image": 1}
+
+    strict = params_for({"set": {"kind": "folder", "root": str(dataset)}}, strict=True)
+    with pytest.raises(DataError, match=r"benign_0\.png: corrupt image.*--strict"):
+        prepare_dataset(strict, "set", root=out)
+    assert load_prepared("set", 32, root=out)[1].shape[0] == 10  # the previous output is intact
+    assert sorted(p.name for p in out.iterdir()) == ["set", "set.json"]  # no staging folder left
+    with pytest.raises(DataError, match="--strict"):
+        prepare_dataset(params, "set", root=out, strict=True)
+
+
+def test_fewer_groups_than_folds_stops_naming_the_dataset(tmp_path):
+    root = class_folders(tmp_path / "set", {"benign": 5, "malignant": 2})
+    with pytest.raises(DataError, match=r"datasets\.set: class malignant has 2 images in 2 independent groups, "
+                                        r"fewer than the 3 folds"):
+        prepare_dataset(params_for({"set": {"kind": "folder", "root": str(root)}}), "set", root=tmp_path / "p")
+    assert not (tmp_path / "p" / "set").exists()
+
+
+def test_cli_prepare_reports_bad_data_in_one_line(tmp_path, monkeypatch, capsys):
+    from sonotune.cli import main
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"]["busi"] = {"kind": "busi", "root": "data/busi/Dataset_BUSI_with_GT"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", "--dataset", "busi"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("sonotune prepare: error: data/busi/Dataset_BUSI_with_GT: dataset root not found "
+                   "(expected Dataset_BUSI_with_GT/{benign,malignant,normal}/<class> (N).png)")
+    assert not (tmp_path / "prepared" / "busi").exists()
+
+
+@pytest.mark.parametrize("source, key", [
+    ({"kind": "busi", "normal": "keep"}, "datasets.d.busi.normal"),
+    ({"kind": "ddti", "tirads": {"4a": "suspicious"}}, "datasets.d.ddti.tirads.4a"),
+    ({"kind": "csv"}, "datasets.d.csv.manifest"),
+    ({"kind": "mendeley", "root": "data/mendeley", "colour": True}, "datasets.d.mendeley.colour"),
+])
+def test_source_keys_are_validated(source, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        params_for({"d": source})
+
+
+def test_near_duplicate_distance_is_validated():
+    with pytest.raises(ConfigError, match=r"prepare\.near_duplicate_distance"):
+        params_for({"d": {"kind": "mendeley"}}, near_duplicate_distance=70)
+    assert params_for({"d": {"kind": "mendeley"}}, near_duplicate_distance=None).prepare.near_duplicate_distance is None
