@@ -28,7 +28,7 @@ from sonotune.config import Params, flatten
 from sonotune.cv import Fold, fold_plan
 from sonotune.data.manifest import label_vector, manifest_digest
 from sonotune.metrics import METRIC_NAMES, binary_metrics, summarize
-from sonotune.models.backbones import create_backbone, get_spec
+from sonotune.models.backbones import check_backbone, create_backbone, get_spec
 from sonotune.models.head import HeadConfig, build_classifier, feature_model, inference_copy
 from sonotune.models.strategies import apply_strategy
 from sonotune.outputs import write_plot_data, write_stage_outputs
@@ -225,6 +225,7 @@ def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> 
     import mlflow
 
     size = params.finetune.input_size or get_spec(backbone).native_size
+    check_backbone(backbone, size, params.finetune.weights)  # a config error stops here: no run, no store
     manifest, images = load_prepared(dataset, size)
     y = label_vector(manifest)
     groups = manifest["group"].to_numpy()
