@@ -24,7 +24,6 @@ from typing import Iterator
 
 LOCAL_STORE = Path("mlruns")
 FINGERPRINT_TAG = "sonotune.fingerprint"
-PREPARED_ROOT = Path("prepared")
 
 
 def local_uri() -> str:
@@ -90,6 +89,8 @@ def run_tags(dataset: str, backbone: str, strategy: int, classifier: str, protoc
 
 def dataset_tags(dataset: str) -> dict[str, str]:
     """`dataset_digest` and `dataset_n_images` from the data report `prepared/<dataset>.json`, if present."""
+    from sonotune.prepare import PREPARED_ROOT
+
     path = PREPARED_ROOT / f"{dataset}.json"
     try:
         report = json.loads(path.read_text())
