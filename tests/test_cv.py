@@ -38,3 +38,21 @@ def test_same_seed_same_folds():
     c = fold_plan(y, groups, "leakage_free", 5, 0.2, seed=12)
     assert all(np.array_equal(x.test, z.test) and np.array_equal(x.val, z.val) for x, z in zip(a, b))
     assert not all(np.array_equal(x.test, z.test) for x, z in zip(a, c))
+
+
+@pytest.mark.parametrize("protocol", ["leakage_free", "paper"])
+def test_no_test_image_or_group_reaches_training_or_validation(protocol):
+    y, groups = _data(n=120, seed=5)
+    for fold in fold_plan(y, groups, protocol, n_splits=4, val_fraction=0.25, seed=0):
+        assert not set(fold.test) & set(fold.train) - (set(fold.val) if protocol == "paper" else set())
+        assert not set(groups[fold.test]) & set(groups[fold.train]) - (
+            set(groups[fold.val]) if protocol == "paper" else set())
+        if protocol == "leakage_free":
+            assert not set(groups[fold.val]) & set(groups[fold.test])
+
+
+def test_folds_do_not_depend_on_the_configuration():
+    """fold_plan sees only labels, groups, protocol knobs and the seed: every backbone/strategy shares folds."""
+    y, groups = _data()
+    plans = [fold_plan(y, groups, p, 5, 0.2, seed=7) for p in ("leakage_free", "paper")]
+    assert all(np.array_equal(a.test, b.test) for a, b in zip(*plans))  # paper vs leakage_free: same test folds

@@ -1,6 +1,8 @@
 """Stage outputs shared by `finetune` and `svm`: the folder (oof.csv, optional arrays), the DVC metrics JSON
 and the ROC points for DVC plots. The folder is built beside its target and moved into place last, so a
-crash never leaves a half-written output.
+crash never leaves a half-written output. `write_plot_data` adds the per-fold data behind the DVC plots:
+`<classifier>_roc_folds.csv` (fold, fpr, tpr; fold "pooled" = all out-of-fold scores) and
+`<classifier>_confusion.csv` (one row per image: fold, actual, predicted, for DVC's confusion template).
 """
 
 from __future__ import annotations
@@ -11,8 +13,18 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from sonotune.layout import metrics_file, roc_file, stage_dir
+from sonotune.layout import config_dir, metrics_file, roc_file, stage_dir
 from sonotune.plots import roc_points
+
+CLASS_NAMES = np.array(["benign", "malignant"])
+
+
+def roc_folds_file(dataset: str, backbone: str, strategy: int, classifier: str):
+    return config_dir(dataset, backbone, strategy) / f"{classifier}_roc_folds.csv"
+
+
+def confusion_file(dataset: str, backbone: str, strategy: int, classifier: str):
+    return config_dir(dataset, backbone, strategy) / f"{classifier}_confusion.csv"
 
 
 def write_stage_outputs(dataset, backbone, strategy, classifier, oof: pd.DataFrame, per_fold, summary,
@@ -30,3 +42,17 @@ def write_stage_outputs(dataset, backbone, strategy, classifier, oof: pd.DataFra
     metrics = {"mean": summary, "folds": per_fold} | (extra or {})
     metrics_file(dataset, backbone, strategy, classifier).write_text(json.dumps(metrics, indent=2) + "\n")
     roc_points(oof["y"], oof["score"]).to_csv(roc_file(dataset, backbone, strategy, classifier), index=False)
+
+
+def write_plot_data(dataset, backbone, strategy, classifier, oof: pd.DataFrame, threshold: float) -> None:
+    """Per-fold and pooled ROC points, and per-image (actual, predicted) rows for the confusion matrix."""
+    parts = [roc_points(part["y"], part["score"]).assign(fold=str(k)) for k, part in oof.groupby("fold")]
+    parts.append(roc_points(oof["y"], oof["score"]).assign(fold="pooled"))
+    roc = pd.concat(parts, ignore_index=True)[["fold", "fpr", "tpr"]]
+    roc.to_csv(roc_folds_file(dataset, backbone, strategy, classifier), index=False)
+    confusion = pd.DataFrame({
+        "fold": oof["fold"].to_numpy(),
+        "actual": CLASS_NAMES[oof["y"].to_numpy().astype(int)],
+        "predicted": CLASS_NAMES[(oof["score"].to_numpy() >= threshold).astype(int)],
+    })
+    confusion.to_csv(confusion_file(dataset, backbone, strategy, classifier), index=False)

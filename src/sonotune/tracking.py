@@ -3,11 +3,18 @@
 Tracking URI: `MLFLOW_TRACKING_URI` when set (a team server), else SQLite at `mlruns/mlflow.db` with
 artifacts under `mlruns/artifacts`. One experiment per dataset; a parent run per (backbone, strategy,
 classifier) carrying mean ± sd metrics; a nested child run per fold. Every run carries the tags `dataset`,
-`backbone`, `strategy`, `classifier`, `fold`, `protocol`, `git_commit`, `dvc_exp`.
+`backbone`, `strategy`, `classifier`, `fold`, `protocol`, `git_commit`, `dvc_exp` (+ `dataset_digest`,
+`dataset_n_images` when the data report is there, and `sonotune.fingerprint`, the configuration's hash).
+
+Crash recovery: a stage that resumes passes the old parent's id to `parent_run` (MLflow resumes it);
+`discard_unfinished_folds` marks the interrupted fold runs FAILED and deletes them (soft delete, still in the
+store), `fail_stale_runs` marks any other run of the same fingerprint still RUNNING as FAILED. So a rerun
+after `kill -9` leaves one parent per configuration and no run RUNNING.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
@@ -16,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 LOCAL_STORE = Path("mlruns")
+FINGERPRINT_TAG = "sonotune.fingerprint"
 
 
 def local_uri() -> str:
@@ -79,32 +87,139 @@ def run_tags(dataset: str, backbone: str, strategy: int, classifier: str, protoc
     }
 
 
+def dataset_tags(dataset: str) -> dict[str, str]:
+    """`dataset_digest` and `dataset_n_images` from the data report `prepared/<dataset>.json`, if present."""
+    from sonotune.prepare import PREPARED_ROOT
+
+    path = PREPARED_ROOT / f"{dataset}.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    tags = {"dataset_digest": report.get("digest"), "dataset_n_images": report.get("n_images")}
+    return {key: str(value) for key, value in tags.items() if value is not None}
+
+
 def run_name(backbone: str, strategy: int, classifier: str, fold: int | None = None) -> str:
     base = f"{backbone}-{strategy}-{classifier}"
     return base if fold is None else f"{base}-fold{fold}"
 
 
 @contextmanager
-def parent_run(dataset: str, backbone: str, strategy: int, classifier: str, protocol: str, params: dict):
-    """A parent run with tags and flattened params; ends FAILED (not RUNNING) if the body raises."""
+def parent_run(dataset: str, backbone: str, strategy: int, classifier: str, protocol: str, params: dict,
+               *, run_id: str | None = None, extra_tags: dict | None = None):
+    """A parent run with tags and flattened params; ends FAILED (not RUNNING) if the body raises.
+
+    With `run_id`, that run is resumed (status back to RUNNING, FINISHED at the end) instead of a new one.
+    """
     import mlflow
 
     configure()
     experiment_id = ensure_experiment(dataset)
-    tags = run_tags(dataset, backbone, strategy, classifier, protocol, fold="all")
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name(backbone, strategy, classifier), tags=tags
-    ) as run:
+    tags = run_tags(dataset, backbone, strategy, classifier, protocol, fold="all") | (extra_tags or {})
+    if run_id is not None:
+        context = mlflow.start_run(run_id=run_id, tags=tags)
+    else:
+        context = mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name(backbone, strategy, classifier), tags=tags
+        )
+    with context as run:
         mlflow.log_params(params)
         yield run
+
+
+def resumable_run_id(run_id: str | None) -> str | None:
+    """`run_id` if it names a run that exists and is not deleted, else None."""
+    if run_id is None:
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    configure()
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        return None
+    return run_id if run.info.lifecycle_stage == "active" else None
+
+
+def _fail(client, run) -> None:
+    if run.info.status == "RUNNING":
+        client.set_terminated(run.info.run_id, status="FAILED")
+
+
+def fail_stale_runs(dataset: str, fingerprint: str, keep: str | None) -> list[str]:
+    """Mark every RUNNING run tagged with `fingerprint` but `keep` FAILED (a crashed earlier attempt)."""
+    from mlflow.tracking import MlflowClient
+
+    configure()
+    client = MlflowClient()
+    stale = client.search_runs(
+        [ensure_experiment(dataset)],
+        filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}' and attributes.status = 'RUNNING'",
+    )
+    stale = [run for run in stale if run.info.run_id != keep]
+    for run in stale:
+        _fail(client, run)
+    return [run.info.run_id for run in stale]
+
+
+def fail_run_tree(run_id: str | None) -> None:
+    """Mark a run and its children FAILED where they are still RUNNING (a discarded attempt)."""
+    if resumable_run_id(run_id) is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    _fail(client, run)
+    for child in client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
+    ):
+        _fail(client, child)
+
+
+def discard_unfinished_folds(parent, keep: set[str]) -> list[str]:
+    """Fail and soft-delete the parent's fold runs not in `keep` (folds interrupted by a crash, rerun now)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    discarded = []
+    for child in children:
+        if child.info.run_id not in keep:
+            _fail(client, child)
+            client.delete_run(child.info.run_id)
+            discarded.append(child.info.run_id)
+    return discarded
+
+
+@contextmanager
+def resumed_run(run_id: str):
+    """Reopen a finished run (e.g. a fold run, to log the best fold's model) and close it FINISHED again."""
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id, nested=True) as run:
+        yield run
+
+
+def log_keras_model(model, example, name: str = "model") -> None:
+    """Log a Keras 3 model (`.keras` format) to the active run with MLflow's keras flavor; `example` (a few
+    inputs) gives its signature."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    mlflow.keras.log_model(model, name=name, signature=signature)
 
 
 @contextmanager
 def fold_run(parent, fold: int):
     import mlflow
 
-    tags = dict(parent.data.tags)
-    tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.")} | {"fold": str(fold)}
+    tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")} | {"fold": str(fold)}
     name = run_name(tags["backbone"], int(tags["strategy"]), tags["classifier"], fold)
     with mlflow.start_run(
         experiment_id=parent.info.experiment_id, run_name=name, nested=True, tags=tags

@@ -5,7 +5,7 @@ import pytest
 
 from sonotune.errors import ConfigError
 from sonotune.models.backbones import BACKBONES, create_backbone, get_spec
-from sonotune.models.strategies import STRATEGIES, apply_strategy, frozen_layer_count
+from sonotune.models.strategies import STRATEGIES, apply_strategy, frozen_layer_count, strategy_table
 
 PAPER_TABLE2 = {  # the paper's Table 2, frozen layers per strategy
     "vgg16": [19, 16, 14, 10, 5, 3, 0],
@@ -68,3 +68,25 @@ def test_imagenet_without_cache_or_network_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setattr("sonotune.models.backbones._can_reach", lambda host, timeout=3.0: False)
     with pytest.raises(ConfigError, match="place vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 at"):
         create_backbone("vgg16", 32, weights="imagenet")
+
+
+def test_strategy_table_lists_every_backbone_and_strategy():
+    lines = strategy_table().splitlines()
+    assert len(lines) == 1 + len(BACKBONES) * len(STRATEGIES)
+    rows = {(line.split()[0], line.split()[1]): line.split() for line in lines[1:]}
+    assert rows[("resnet50", "15%")][2:6] == ["149", "26", "12.09M", "conv5_block1_0_conv"]
+    assert rows[("vgg16", "25%")][2:] == ["14", "5", "7.08M", "block4_pool", "(block5_conv1)"]
+    assert rows[("vgg16", "0%")][4] == "0.00M" and "head only" in " ".join(rows[("vgg16", "0%")])
+    for name in BACKBONES:
+        assert rows[(name, "100%")][2] == "0" and int(rows[(name, "100%")][3]) == BACKBONES[name].layer_count
+
+
+def test_imagenet_check_is_fast_without_network(tmp_path, monkeypatch):
+    """The real reachability check (no stub): here DNS fails at once; a dead resolver is cut at the timeout."""
+    import time
+
+    from sonotune.models.backbones import _can_reach
+
+    started = time.monotonic()
+    _can_reach("storage.googleapis.com", timeout=2.0)
+    assert time.monotonic() - started < 3.0

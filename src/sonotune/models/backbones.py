@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -75,11 +76,24 @@ def keras_weights_cache() -> Path:
 
 
 def _can_reach(host: str, timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    """Whether a TCP connection to host:443 opens within `timeout` seconds, DNS lookup included.
+
+    `create_connection`'s timeout does not bound the name lookup (a dead resolver can stall it for
+    tens of seconds), so the attempt runs in a daemon thread that is abandoned after `timeout`.
+    """
+    outcome: list[bool] = []
+    finished = threading.Event()
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            outcome.append(True)
+        except OSError:
+            outcome.append(False)
+        finished.set()
+
+    threading.Thread(target=attempt, daemon=True).start()
+    return finished.wait(timeout) and outcome[0]
 
 
 def resolve_weights(spec: BackboneSpec, weights: str | None) -> str | None:
@@ -99,13 +113,21 @@ def resolve_weights(spec: BackboneSpec, weights: str | None) -> str | None:
     return weights
 
 
-def create_backbone(name: str, input_size: int | None = None, weights: str | None = None):
-    """Build the named Keras application with include_top=False at input_size (default: native size)."""
-    import keras
-
+def check_backbone(name: str, input_size: int | None = None, weights: str | None = None) -> str | None:
+    """Validate a backbone request before any work starts; return the weights argument for Keras."""
     spec = get_spec(name)
     size = input_size or spec.native_size
     if size < spec.min_size:
         raise ConfigError(f"finetune.input_size: {name} needs at least {spec.min_size} px (got {size})")
+    return resolve_weights(spec, weights)
+
+
+def create_backbone(name: str, input_size: int | None = None, weights: str | None = None):
+    """Build the named Keras application with include_top=False at input_size (default: native size)."""
+    import keras
+
+    keras_weights = check_backbone(name, input_size, weights)
+    spec = get_spec(name)
+    size = input_size or spec.native_size
     constructor = getattr(keras.applications, spec.constructor)
-    return constructor(include_top=False, weights=resolve_weights(spec, weights), input_shape=(size, size, 3))
+    return constructor(include_top=False, weights=keras_weights, input_shape=(size, size, 3))

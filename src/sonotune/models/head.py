@@ -1,7 +1,8 @@
 """The paper's classifier: backbone → GlobalMaxPooling2D → Dense(512, relu) → Dropout(0.5) → Dense(2, softmax).
 
 `build_classifier` returns the compiled model; `feature_model` exposes the pooled and dense activations
-that the FT-SVM stage classifies.
+that the FT-SVM stage classifies; `inference_copy` is the model without its optimizer state, the form that is
+saved and logged (a `.keras` file always carries the optimizer's variables, ×3 the trainable weights with Adam).
 """
 
 from __future__ import annotations
@@ -49,3 +50,11 @@ def feature_model(classifier):
             "probabilities": classifier.output,
         },
     )
+
+
+def inference_copy(classifier):
+    """`classifier`'s graph as a new, uncompiled Model sharing its layers and weights: what is saved and
+    logged (no optimizer state; `keras.models.clone_model` would recompile it)."""
+    import keras
+
+    return keras.Model(classifier.inputs, classifier.outputs, name=classifier.name)

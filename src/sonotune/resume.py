@@ -1,0 +1,107 @@
+"""Per-fold checkpoints of a cross-validated stage, so a run killed mid-way resumes with the missing folds only.
+
+A `FoldStore` is a folder `.sonotune/resume/<dataset>/<backbone>/<strategy>/<classifier>/` holding
+`state.json` (the configuration's fingerprint and its MLflow parent run id), and per finished fold
+`fold_<k>.npz` (arrays) + `fold_<k>.json` (record). The JSON is written last, atomically: a fold counts as
+done only when its record exists. The store lives outside every DVC output on purpose: `dvc repro` deletes a
+stage's outputs before rerunning it, which would throw the finished folds away. A different fingerprint
+(params, data or fold plan changed) discards the store; a run that completes clears it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+RESUME_ROOT = Path(".sonotune") / "resume"
+
+
+def fingerprint(payload: object) -> str:
+    """A short stable hash of a JSON-able description of a configuration."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resume_dir(dataset: str, backbone: str, strategy: int, classifier: str) -> Path:
+    return RESUME_ROOT / dataset / backbone / str(strategy) / classifier
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class FoldStore:
+    """Finished folds of one configuration, keyed by fold index."""
+
+    def __init__(self, root: Path, key: str):
+        self.root = Path(root)
+        self.key = key
+        self.discarded_parent_run_id: str | None = None
+        state = self._read_state()
+        if state is not None and state.get("fingerprint") != key:
+            # params or data changed since the crashed run: its folds are not this configuration's
+            self.discarded_parent_run_id = state.get("parent_run_id")
+            shutil.rmtree(self.root)
+            state = None
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.state = state or {"fingerprint": key, "parent_run_id": None}
+        _write_atomic(self.root / "state.json", json.dumps(self.state))
+
+    def _read_state(self) -> dict | None:
+        path = self.root / "state.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.state.get("parent_run_id")
+
+    def set_parent_run_id(self, run_id: str) -> None:
+        self.state["parent_run_id"] = run_id
+        _write_atomic(self.root / "state.json", json.dumps(self.state))
+
+    def done(self) -> dict[int, dict]:
+        """Records of the finished folds."""
+        records = {}
+        for path in sorted(self.root.glob("fold_*.json")):
+            record = json.loads(path.read_text())
+            records[int(record["fold"])] = record
+        return records
+
+    def save_fold(self, fold: int, record: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Persist a finished fold: arrays first, then the record that marks it done."""
+        tmp = self.root / f"fold_{fold}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self.root / f"fold_{fold}.npz")
+        _write_atomic(self.root / f"fold_{fold}.json", json.dumps(record | {"fold": fold}))
+
+    def load_arrays(self, fold: int) -> dict[str, np.ndarray]:
+        with np.load(self.root / f"fold_{fold}.npz") as data:
+            return {name: data[name] for name in data.files}
+
+    def model_path(self, fold: int) -> Path:
+        return self.root / f"model_fold{fold}.keras"
+
+    def keep_only_model(self, fold: int | None) -> None:
+        """Delete every saved fold model but `fold`'s."""
+        for path in self.root.glob("model_fold*.keras"):
+            if fold is None or path != self.model_path(fold):
+                path.unlink()
+
+    def clear(self) -> None:
+        """Delete the store and the folders above it that it leaves empty."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        for parent in self.root.parents:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (another configuration's store), or gone
+                break

@@ -1,0 +1,156 @@
+"""The finetune stage as a user runs it: a real `sonotune finetune` killed with SIGKILL mid-run and restarted,
+then compared with an uninterrupted run of the same seed (real Keras models, real MLflow SQLite store)."""
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sonotune.finetune import FoldResult, summary_table
+from sonotune.metrics import binary_metrics, summarize
+from sonotune.outputs import write_plot_data
+from tests.conftest import copy_repo, project_env, run, tiny_params
+
+CONFIG = ["--dataset", "phantom", "--backbone", "vgg16", "--strategy", "0"]
+STORE = ".sonotune/resume/phantom/vgg16/0/mlp"
+N_FOLDS = 3
+
+
+def _finetune(repo, check=True):
+    return run(["sonotune", "finetune", *CONFIG], repo, check=check)
+
+
+def _kill_after_first_fold(repo, timeout=600):
+    """Start the stage, wait until fold 0 is persisted, SIGKILL it; return the folds persisted at kill time."""
+    marker = repo / STORE / "fold_0.json"
+    process = subprocess.Popen(["sonotune", "finetune", *CONFIG], cwd=repo, env=project_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while not marker.exists():
+            assert process.poll() is None, f"finetune exited ({process.returncode}) before persisting fold 0"
+            assert time.monotonic() < deadline, "fold 0 was not persisted in time"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    return sorted(int(p.stem.split("_")[1]) for p in (repo / STORE).glob("fold_*.json"))
+
+
+def _all_runs(repo) -> pd.DataFrame:
+    import mlflow
+    from mlflow.entities import ViewType
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    return mlflow.search_runs(search_all_experiments=True, run_view_type=ViewType.ALL)
+
+
+def _mlflow_client(repo):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+
+
+@pytest.fixture
+def finetune_repo(tmp_path):
+    params = tiny_params(**{"cv.n_splits": N_FOLDS, "finetune.log_models": "best"})
+    repo = copy_repo(tmp_path / "repo", params)
+    run(["sonotune", "prepare", "--dataset", "phantom"], repo)
+    return repo
+
+
+def test_killed_run_resumes_missing_folds_into_one_parent_and_matches_an_uninterrupted_run(finetune_repo):
+    repo = finetune_repo
+    persisted = _kill_after_first_fold(repo)
+    assert 0 in persisted and len(persisted) < N_FOLDS, f"kill came too late to test resuming: {persisted}"
+    fold0_run = json.loads((repo / STORE / "fold_0.json").read_text())["run_id"]
+    crashed = _all_runs(repo)
+    assert (crashed["status"] == "RUNNING").any()  # the crash left the parent (and a fold) RUNNING
+
+    out = _finetune(repo).stdout
+    assert f"resuming, folds {persisted} already done" in out
+
+    runs = _all_runs(repo)
+    assert not (runs["status"] == "RUNNING").any(), runs[["run_id", "status", "tags.fold"]]
+    parents = runs[runs["tags.fold"] == "all"]
+    assert len(parents) == 1 and parents["status"].item() == "FINISHED"
+    parent_id = parents["run_id"].item()
+    assert parent_id == crashed.loc[crashed["tags.fold"] == "all", "run_id"].item()  # resumed, not replaced
+    assert parents["tags.dataset_n_images"].item() == "36" and len(parents["tags.dataset_digest"].item()) == 16
+    client = _mlflow_client(repo)
+    live = [client.get_run(r) for r in runs["run_id"]]
+    live = [r for r in live if r.info.lifecycle_stage == "active" and r.data.tags["fold"] != "all"]
+    assert sorted(r.data.tags["fold"] for r in live) == [str(k) for k in range(N_FOLDS)]
+    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent_id for r in live)
+    assert fold0_run in {r.info.run_id for r in live}  # the persisted fold was kept, not retrained
+    assert all("epoch_loss" in r.data.metrics and "fold_seconds" in r.data.metrics for r in live)
+
+    # log_models: best -> exactly one model, on the fold with the best validation AUC
+    models = client.search_logged_models([parents["experiment_id"].item()])
+    assert len(models) == 1
+    best_fold = parents["tags.best_fold"].item()
+    best_run = next(r for r in live if r.data.tags["fold"] == best_fold)
+    assert models[0].source_run_id == best_run.info.run_id
+    assert best_run.data.metrics["best_monitored"] == max(r.data.metrics["best_monitored"] for r in live)
+
+    # outputs complete, resume store cleared
+    oof = pd.read_csv(repo / "runs/phantom/vgg16/0/mlp/oof.csv")
+    assert list(oof.columns) == ["path", "group", "label", "y", "fold", "score"]
+    assert sorted(oof["fold"].unique()) == list(range(N_FOLDS)) and oof["score"].notna().all()
+    with np.load(repo / "runs/phantom/vgg16/0/mlp/features.npz") as features:
+        assert sorted(features.files) == sorted(f"{k}_{i}" for k in ("pooled", "dense") for i in range(N_FOLDS))
+        assert all(features[name].shape[0] == len(oof) for name in features.files)
+    assert not (repo / ".sonotune").exists()
+
+    # same seed, fresh uninterrupted run: identical folds, scores and metrics
+    metrics = json.loads((repo / "runs/phantom/vgg16/0/mlp_metrics.json").read_text())
+    _finetune(repo)
+    again = pd.read_csv(repo / "runs/phantom/vgg16/0/mlp/oof.csv")
+    assert again["fold"].tolist() == oof["fold"].tolist()
+    np.testing.assert_array_equal(again["score"].to_numpy(), oof["score"].to_numpy())
+    assert json.loads((repo / "runs/phantom/vgg16/0/mlp_metrics.json").read_text())["mean"] == metrics["mean"]
+    assert (_all_runs(repo)["tags.fold"] == "all").sum() == 2  # a new run of a finished stage is a new parent
+
+
+def test_changed_params_discard_the_store_and_fail_its_parent(finetune_repo):
+    repo = finetune_repo
+    _kill_after_first_fold(repo)
+    crashed_parent = _all_runs(repo).query("`tags.fold` == 'all'")["run_id"].item()
+    params = (repo / "params.yaml").read_text().replace("epochs: 2", "epochs: 1")
+    (repo / "params.yaml").write_text(params)
+
+    out = _finetune(repo).stdout
+    assert "resuming" not in out
+    runs = _all_runs(repo)
+    assert not (runs["status"] == "RUNNING").any()
+    parents = runs[runs["tags.fold"] == "all"].set_index("run_id")
+    assert parents.loc[crashed_parent, "status"] == "FAILED"
+    assert (parents.drop(index=crashed_parent)["status"] == "FINISHED").sum() == 1
+
+
+def test_plot_data_and_summary_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 6)
+    oof = pd.DataFrame({"y": y, "fold": np.repeat([0, 1, 2], 4), "score": rng.random(12)})
+    (tmp_path / "runs/d/b/15").mkdir(parents=True)
+    write_plot_data("d", "b", 15, "mlp", oof, 0.5)
+    roc = pd.read_csv(tmp_path / "runs/d/b/15/mlp_roc_folds.csv", dtype={"fold": str})
+    assert list(roc.columns) == ["fold", "fpr", "tpr"] and set(roc["fold"]) == {"0", "1", "2", "pooled"}
+    confusion = pd.read_csv(tmp_path / "runs/d/b/15/mlp_confusion.csv")
+    pooled = binary_metrics(y, oof["score"], 0.5)
+    counts = confusion.value_counts(["actual", "predicted"])
+    assert counts.get(("malignant", "malignant"), 0) == pooled["tp"]
+    assert counts.get(("benign", "malignant"), 0) == pooled["fp"]
+
+    results = [FoldResult(k, "r", binary_metrics(part["y"], part["score"], 0.5), 1, 0.7, 2.0,
+                          part["score"].to_numpy(), np.zeros(1), np.zeros(1)) for k, part in oof.groupby("fold")]
+    table = summary_table("d b 15%", results, summarize([r.metrics for r in results]), pooled)
+    lines = table.splitlines()
+    assert lines[0] == "d b 15%" and len(lines) == 2 + 3 + 2
+    assert lines[-1].split()[0] == "pooled" and float(lines[-1].split()[1]) == pytest.approx(pooled["auc"], abs=5e-4)
