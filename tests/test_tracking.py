@@ -35,7 +35,9 @@ def _crashed_parent(fingerprint: str, n_children: int = 1) -> tuple[str, list[st
 
 def test_parent_run_is_tagged_and_resumed_by_id(store):
     (store / "prepared").mkdir()
-    (store / "prepared" / "toy.json").write_text(json.dumps({"digest": "abc123", "n_images": 12}))
+    (store / "prepared" / "toy.json").write_text(json.dumps({
+        "source": "phantom", "digest": "abc123", "n_images": 12, "per_class": {"benign": 8, "malignant": 4},
+        "n_groups": 12, "n_excluded": 0, "n_duplicate_groups": 0})))
     extra = tracking.dataset_tags("toy") | {tracking.FINGERPRINT_TAG: "fp"}
     with tracking.parent_run("toy", "vgg16", 15, "mlp", "paper", {"a": 1}, extra_tags=extra) as run:
         first = run.info.run_id
@@ -48,7 +50,8 @@ def test_parent_run_is_tagged_and_resumed_by_id(store):
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     parent = client.get_run(first)
     expected = {"dataset": "toy", "backbone": "vgg16", "strategy": "15", "classifier": "mlp", "protocol": "paper",
-                "fold": "all", "dvc_exp": "exp-1", "dataset_digest": "abc123", "dataset_n_images": "12"}
+                "fold": "all", "dvc_exp": "exp-1", "dataset_digest": "abc123", "dataset_n_images": "12",
+                "dataset_n_malignant": "4", "dataset_source": "phantom"}
     assert parent.data.tags.items() >= expected.items()
     assert parent.data.params == {"a": "1"}
     assert child_tags["fold"] == "0" and child_tags["mlflow.parentRunId"] == first

@@ -4,7 +4,8 @@ Tracking URI: `MLFLOW_TRACKING_URI` when set (a team server), else SQLite at `ml
 artifacts under `mlruns/artifacts`. One experiment per dataset; a parent run per (backbone, strategy,
 classifier) carrying mean ± sd metrics; a nested child run per fold. Every run carries the tags `dataset`,
 `backbone`, `strategy`, `classifier`, `fold`, `protocol`, `git_commit`, `dvc_exp` (+ `dataset_digest`,
-`dataset_n_images` when the data report is there, and `sonotune.fingerprint`, the configuration's hash).
+`dataset_n_images` and the other `dataset_*` counts of prepare.dataset_info when the dataset is prepared, and
+`sonotune.fingerprint`, the configuration's hash).
 
 Crash recovery: a stage that resumes passes the old parent's id to `parent_run` (MLflow resumes it);
 `discard_unfinished_folds` marks the interrupted fold runs FAILED and deletes them (soft delete, still in the
@@ -88,16 +89,15 @@ def run_tags(dataset: str, backbone: str, strategy: int, classifier: str, protoc
 
 
 def dataset_tags(dataset: str) -> dict[str, str]:
-    """`dataset_digest` and `dataset_n_images` from the data report `prepared/<dataset>.json`, if present."""
-    from sonotune.prepare import PREPARED_ROOT
+    """The prepared dataset's digest and counts (prepare.dataset_info) as `dataset_*` tags; {} if unprepared."""
+    from sonotune.errors import DataError
+    from sonotune.prepare import dataset_info
 
-    path = PREPARED_ROOT / f"{dataset}.json"
     try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
+        info = dataset_info(dataset)
+    except DataError:
         return {}
-    tags = {"dataset_digest": report.get("digest"), "dataset_n_images": report.get("n_images")}
-    return {key: str(value) for key, value in tags.items() if value is not None}
+    return {f"dataset_{key}": str(value) for key, value in info.items() if key != "dataset"}
 
 
 def run_name(backbone: str, strategy: int, classifier: str, fold: int | None = None) -> str:
