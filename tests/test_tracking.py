@@ -37,7 +37,7 @@ def test_parent_run_is_tagged_and_resumed_by_id(store):
     (store / "prepared").mkdir()
     (store / "prepared" / "toy.json").write_text(json.dumps({
         "source": "phantom", "digest": "abc123", "n_images": 12, "per_class": {"benign": 8, "malignant": 4},
-        "n_groups": 12, "n_excluded": 0, "n_duplicate_groups": 0})))
+        "n_groups": 12, "n_excluded": 0, "n_duplicate_groups": 0}))
     extra = tracking.dataset_tags("toy") | {tracking.FINGERPRINT_TAG: "fp"}
     with tracking.parent_run("toy", "vgg16", 15, "mlp", "paper", {"a": 1}, extra_tags=extra) as run:
         first = run.info.run_id
