@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -168,6 +169,7 @@ def test_intervals_go_onto_the_producing_parent_runs_only(local_mlflow):
         classifier = run_["tags.classifier"]
         assert run_["metrics.auc_ci_low"] == pytest.approx(row[f"{classifier}_auc_low"], abs=1e-4)
         assert run_["metrics.auc_ci_high"] == pytest.approx(row[f"{classifier}_auc_high"], abs=1e-4)
+        assert run_["params.strategy"] == run_["tags.strategy"] and run_["params.backbone"] == "vgg16"
     assert np.isnan(after.set_index("run_id").loc[stale, "metrics.auc_ci_low"])
 
 
@@ -208,16 +210,29 @@ def mlflow_server(tmp_path):
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            pass
         log.close()
-        time.sleep(1)
-        with pytest.raises(ProcessLookupError):
-            os.killpg(server.pid, 0)  # no process of the server's group is left
+        if not _group_ended(server.pid, timeout=30):
+            os.killpg(server.pid, signal.SIGKILL)
+            _group_ended(server.pid, timeout=10)
+            raise AssertionError("a process of the mlflow server outlived SIGTERM by 30 s")
+
+
+def _group_ended(pgid: int, timeout: float) -> bool:
+    """True once no process of the group is left (the server's workers exit a little after it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 @pytest.mark.e2e

@@ -385,14 +385,14 @@ def roc_best_points(frame: pd.DataFrame, backbone: str, strategy: int, grid: int
 
 
 def log_to_parent_runs(results: pd.DataFrame, params: Params) -> tuple[int, int]:
-    """Add the intervals (and any missing mean metric) to each configuration's parent run.
+    """Add the intervals (and any missing mean metric or grid param) to each configuration's parent run.
 
     The parent is the newest finished run with the configuration's tags whose `auc_mean` equals the metrics
     file's, i.e. the run that produced these numbers. Returns (runs updated, configurations without a run).
     """
     import time
 
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking.configure())
@@ -408,7 +408,9 @@ def log_to_parent_runs(results: pd.DataFrame, params: Params) -> tuple[int, int]
         values = {k: row[k] for k in mean_keys if k not in run.data.metrics}
         values |= {"auc_ci_low": row["auc_low"], "auc_ci_high": row["auc_high"]}
         metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if not math.isnan(float(v))]
-        client.log_batch(run.info.run_id, metrics=metrics)
+        # the compare view plots params, not tags: give it the grid's axes where the stage did not log them
+        axes = {k: str(row[k]) for k in ("backbone", "strategy", "classifier") if k not in run.data.params}
+        client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in axes.items()])
         client.set_tag(run.info.run_id, "auc_ci", f"{round(100 * (1 - params.report.alpha))} % group bootstrap "
                                                   f"({params.report.n_bootstrap} replicates)")
         updated += 1
