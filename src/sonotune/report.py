@@ -305,7 +305,7 @@ def save_auc_heatmap(path, results: pd.DataFrame, dataset: str) -> None:
     if high - low < 0.02:
         low, high = low - 0.01, high + 0.01
     fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.5 * len(strategies), 1.6 + 0.45 * len(backbones)),
-                             sharey=True, squeeze=False)
+                             sharey=True, squeeze=False, layout="constrained")
     for ax, classifier in zip(axes[0], CLASSIFIERS):
         grid = (data[data["classifier"] == classifier]
                 .pivot(index="backbone", columns="strategy", values="auc_mean").reindex(index=backbones,
@@ -318,7 +318,7 @@ def save_auc_heatmap(path, results: pd.DataFrame, dataset: str) -> None:
         ax.set_yticks(range(len(backbones)), backbones)
         ax.set_title(f"{LABELS[classifier]}", fontsize=10)
         ax.set_xlabel("layers fine-tuned")
-    fig.colorbar(image, ax=axes[0].tolist(), label="AUC (fold mean)", shrink=0.9)
+    fig.colorbar(image, ax=axes[0].tolist(), label="AUC (fold mean)")
     fig.suptitle(f"{dataset}: AUC by backbone and strategy", fontsize=10)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
