@@ -126,6 +126,14 @@ class Svm(Section):
     max_iter: PositiveInt = 20000
 
 
+class Report(Section):
+    table4_strategy: Literal[0, 15, 25, 50, 75, 85, 100] = 15
+    n_bootstrap: Annotated[int, Field(ge=100, le=100_000)] = 1000
+    alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05
+    paired_test: Literal["delong", "bootstrap"] = "delong"
+    log_to_mlflow: bool = True
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)] = 42
     protocol: Literal["leakage_free", "paper"] = "leakage_free"
@@ -135,6 +143,7 @@ class Params(Section):
     cv: CV = CV()
     finetune: Finetune = Finetune()
     svm: Svm = Svm()
+    report: Report = Report()
 
     @model_validator(mode="after")
     def _study_names_exist(self) -> "Params":
