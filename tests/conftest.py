@@ -52,6 +52,9 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) 
     return result
 
 
+GENERATED = ("runs/", "prepared/", "reports/", "dvc.lock")  # results of a local `make demo`, never copied
+
+
 def copy_repo(dest: Path, params: dict) -> Path:
     """Copy the project's tracked and untracked-but-not-ignored files into a new git repo at `dest`."""
     listed = subprocess.run(
@@ -59,7 +62,7 @@ def copy_repo(dest: Path, params: dict) -> Path:
     ).stdout.split("\0")
     for rel in filter(None, listed):
         source = ROOT / rel
-        if source.is_file():
+        if source.is_file() and not rel.startswith(GENERATED):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / rel)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
