@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,6 +161,7 @@ class ActivationStore:
         self._folder: str | None = None
         self.hits = 0
         self.misses = 0
+        self.last_extract_s = 0.0
 
     def clear(self) -> None:
         self.key, self.arrays = None, []
@@ -174,7 +176,9 @@ class ActivationStore:
             return self.arrays
         self.clear()
         self.misses += 1
+        start = time.perf_counter()
         self.arrays = self._extract(split, x, batch_size)
+        self.last_extract_s = time.perf_counter() - start
         self.key = key
         return self.arrays
 
