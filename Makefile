@@ -24,5 +24,9 @@ demo: install
 test: install
 	$(BIN)/pytest -q -ra
 
+# the frozen-prefix cache vs the paper's full-model fit (docs/benchmarks.md); BENCH_ARGS=--help for the knobs
+bench: install
+	PYTHONPATH=src $(BIN)/python benchmarks/bench_cache.py $(BENCH_ARGS)
+
 clean:
 	rm -rf prepared runs reports mlruns/mlflow.db mlruns/artifacts

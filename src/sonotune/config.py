@@ -116,6 +116,7 @@ class Finetune(Section):
     freeze_bn: bool = False
     monitor: Literal["val_auc", "val_loss"] = "val_auc"
     log_models: Literal["none", "best", "all"] = "none"
+    prefix_cache: bool = True  # exact frozen-prefix cache (models/prefix_cache.py)
 
 
 class Svm(Section):

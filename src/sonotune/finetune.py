@@ -30,6 +30,7 @@ from sonotune.data.manifest import label_vector, manifest_digest
 from sonotune.metrics import METRIC_NAMES, binary_metrics, summarize
 from sonotune.models.backbones import check_backbone, create_backbone, get_spec
 from sonotune.models.head import HeadConfig, build_classifier, feature_model, inference_copy
+from sonotune.models.prefix_cache import fit_with_prefix_cache, predict_with_prefix_cache
 from sonotune.models.strategies import apply_strategy
 from sonotune.outputs import write_plot_data, write_stage_outputs
 from sonotune.plots import save_confusion_png, save_roc_png
@@ -105,11 +106,16 @@ def train_fold(params: Params, backbone: str, strategy: int, x: np.ndarray, y: n
     best = keras.callbacks.EarlyStopping(
         monitor=cfg.monitor, mode=mode, patience=cfg.epochs, restore_best_weights=True
     )
+    callbacks = [best, _epoch_bar(cfg.epochs, f"{backbone}-{strategy} fold {fold.index}", cfg.monitor)]
+    if cfg.prefix_cache:  # same math, frozen layers run once per image set (falls back to the fit below, logged)
+        history = fit_with_prefix_cache(model, x, onehot, fold.fit, fold.val, epochs=cfg.epochs,
+                                        batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
+        return model, history.history, best.best_epoch, float(best.best)
     history = model.fit(
         x[fold.fit], onehot[fold.fit],
         validation_data=(x[fold.val], onehot[fold.val]),
         epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
-        callbacks=[best, _epoch_bar(cfg.epochs, f"{backbone}-{strategy} fold {fold.index}", cfg.monitor)],
+        callbacks=callbacks,
     )
     return model, history.history, best.best_epoch, float(best.best)
 
@@ -135,7 +141,10 @@ def run_fold(params: Params, backbone: str, strategy: int, x, y, fold: Fold, par
     with tracking.fold_run(parent, fold.index) as child:
         model, history, best_epoch, monitored = train_fold(params, backbone, strategy, x, y, fold)
         # one pass over every image: test-fold probabilities and the SVM's features together
-        activations = feature_model(model).predict(x, batch_size=PREDICT_BATCH, verbose=0)
+        if params.finetune.prefix_cache:  # reuses the frozen part's activations cached by train_fold
+            activations = predict_with_prefix_cache(feature_model(model), x, PREDICT_BATCH)
+        else:
+            activations = feature_model(model).predict(x, batch_size=PREDICT_BATCH, verbose=0)
         score = activations["probabilities"][fold.test, 1].astype(np.float64)
         result = FoldResult(
             fold=fold.index, run_id=child.info.run_id,

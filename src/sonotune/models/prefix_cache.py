@@ -1,0 +1,254 @@
+"""Exact frozen-prefix cache: run a model's frozen layers once per input set, train only what can change.
+
+Generic Keras 3 graph surgery (any backend), knowing nothing of the data or of the backbones. A tensor of a
+functional model is *constant* when it is a model input or the output of a layer whose inputs are all
+constant and whose result cannot change during `fit`: no trainable weights, and no behaviour that depends on
+`training` (Dropout, noise, random augmentation; BatchNormalization only in inference mode, i.e. with
+`trainable=False`). The *cut* is the set of constant tensors that a non-constant layer consumes (several
+for residual and Inception graphs) plus constant model outputs. Then
+
+    prefix = Model(inputs, cut)        run once per (input array, frozen weights): `ActivationStore`
+    suffix = Model(cut, outputs)       the same layer objects, so its weights ARE the full model's weights
+
+and `fit_with_prefix_cache` trains the suffix on the cached activations with the full model's compile
+configuration. Batches, shuffling (same sample count, same seed) and Dropout draws (the same layer's seed
+generator, the same number of steps) match the full model's `fit`, so the trained weights match it up to
+float rounding; when the cut is useless or absent (nothing frozen, nothing trainable) it falls back to the
+full model's `fit` and logs why. Nothing needs copying back: after training, the original model holds the
+trained weights and predicts, extracts features and saves as before. `predict_with_prefix_cache` runs any
+model over the same layers (e.g. a feature-extraction model) from the cached activations.
+
+Memory: activations stay in RAM up to `ram_budget_bytes` (default a quarter of physical memory), beyond
+that in an `np.memmap` in a temporary folder; the store keeps one entry (one study's folds share it; the
+next study's frozen part replaces it) so a sweep's memory stays flat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+EXTRACT_BATCH = 32  # batched prefix extraction (see docs/benchmarks.md for the batch-size measurements)
+RAM_FRACTION = 0.25  # default in-memory budget for cached activations: this share of physical memory
+
+
+@dataclass
+class PrefixSplit:
+    """A model cut after its frozen prefix: `prefix` maps inputs to `cut`, `suffix` maps `cut` to outputs."""
+
+    cut: list  # the KerasTensors crossing the cut, in graph order
+    prefix: object
+    frozen_layers: list = field(default_factory=list)
+
+
+def _is_constant_layer(layer) -> bool:
+    import keras
+
+    if layer.trainable_weights:
+        return False
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return not layer.trainable  # Keras 3 BN uses batch statistics only when training and trainable
+    if getattr(layer, "_call_has_training_arg", True) or getattr(layer, "_seed_generators", None):
+        return False  # behaves differently under fit (dropout, noise, augmentation, nested models)
+    return True
+
+
+def _topological_nodes(model):
+    by_depth = model._nodes_by_depth  # Keras Function internals: {depth: [Node]}, inputs at the largest depth
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+
+
+def find_cut(model) -> tuple[list, list, str | None]:
+    """(cut tensors, frozen layers, reason) of a functional model; reason says why no useful cut exists."""
+    from keras.src.layers.core.input_layer import InputLayer
+
+    constant = {id(t) for t in model.inputs}
+    frozen, cut, seen = [], [], set()
+    nodes = _topological_nodes(model)
+    for node in nodes:
+        layer = node.operation
+        if isinstance(layer, InputLayer):
+            continue
+        if all(id(t) in constant for t in node.input_tensors) and _is_constant_layer(layer):
+            constant.update(id(t) for t in node.output_tensors)
+            if layer not in frozen:
+                frozen.append(layer)
+    for node in nodes:
+        if isinstance(node.operation, InputLayer) or all(id(t) in constant for t in node.output_tensors):
+            continue
+        for tensor in node.input_tensors:
+            if id(tensor) in constant and id(tensor) not in seen:
+                seen.add(id(tensor))
+                cut.append(tensor)
+    for tensor in model.outputs:
+        if id(tensor) in constant and id(tensor) not in seen:
+            seen.add(id(tensor))
+            cut.append(tensor)
+    cut.sort(key=lambda t: t.name)  # order-free: a feature model over the same layers finds the same key
+    input_ids = {id(t) for t in model.inputs}
+    if all(id(t) in constant for t in model.outputs):
+        return cut, frozen, "no layer can change during fit (nothing to train)"
+    if all(id(t) in input_ids for t in cut):
+        return cut, frozen, "no frozen layer before the first trainable one"
+    return cut, frozen, None
+
+
+def split_model(model) -> tuple[PrefixSplit | None, str | None]:
+    """Cut `model` after its frozen prefix, or (None, reason) when the cut would not be exact or useful."""
+    import keras
+
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+        return None, "not a functional model"
+    cut, frozen, reason = find_cut(model)
+    if reason:
+        return None, reason
+    return PrefixSplit(cut=cut, prefix=keras.Model(model.inputs, cut), frozen_layers=frozen), None
+
+
+def build_suffix(cut: list, outputs):
+    """A model from the cut tensors to `outputs`, sharing the original layers (hence their weights)."""
+    import keras
+
+    return keras.Model(list(cut), outputs)
+
+
+# ---------------------------------------------------------------- fingerprints and the activation store
+
+
+def array_digest(array: np.ndarray) -> str:
+    data = np.ascontiguousarray(array)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((data.shape, str(data.dtype))).encode())
+    digest.update(memoryview(data.reshape(-1)).cast("B"))
+    return digest.hexdigest()
+
+
+def prefix_key(split: PrefixSplit, x: np.ndarray) -> str:
+    """Identity of the cached activations: the input array, the frozen layers, their weights and the cut."""
+    import keras
+
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(array_digest(x).encode())
+    for layer in split.frozen_layers:
+        digest.update(f"{type(layer).__name__}:{layer.name}".encode())
+        for weight in layer.weights:
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    digest.update(repr([(t.name, tuple(t.shape)) for t in split.cut]).encode())
+    return digest.hexdigest()
+
+
+def default_ram_budget() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * RAM_FRACTION)
+
+
+class ActivationStore:
+    """Holds the latest prefix's activations: in RAM within the budget, else as np.memmap files on disk."""
+
+    def __init__(self, ram_budget_bytes: int | None = None, spill_dir: str | None = None):
+        self.ram_budget_bytes = default_ram_budget() if ram_budget_bytes is None else ram_budget_bytes
+        self.spill_dir = spill_dir
+        self.key: str | None = None
+        self.arrays: list[np.ndarray] = []
+        self._folder: str | None = None
+        self.hits = 0
+        self.misses = 0
+        self.last_extract_s = 0.0
+
+    def clear(self) -> None:
+        self.key, self.arrays = None, []
+        if self._folder:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def get(self, split: PrefixSplit, x: np.ndarray, batch_size: int = EXTRACT_BATCH) -> list[np.ndarray]:
+        key = prefix_key(split, x)
+        if key == self.key:
+            self.hits += 1
+            return self.arrays
+        self.clear()
+        self.misses += 1
+        start = time.perf_counter()
+        self.arrays = self._extract(split, x, batch_size)
+        self.last_extract_s = time.perf_counter() - start
+        self.key = key
+        return self.arrays
+
+    def _allocate(self, shapes: list[tuple]) -> list[np.ndarray]:
+        total = sum(int(np.prod(shape)) * 4 for shape in shapes)
+        if total <= self.ram_budget_bytes:
+            return [np.empty(shape, np.float32) for shape in shapes]
+        self._folder = tempfile.mkdtemp(prefix="prefix-cache-", dir=self.spill_dir)
+        log.info("prefix cache: %.0f MB of activations exceed the %.0f MB RAM budget; using np.memmap in %s",
+                 total / 2**20, self.ram_budget_bytes / 2**20, self._folder)
+        return [np.lib.format.open_memmap(os.path.join(self._folder, f"{i}.npy"), "w+", np.float32, shape)
+                for i, shape in enumerate(shapes)]
+
+    def _extract(self, split: PrefixSplit, x: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        n = len(x)
+        arrays = self._allocate([(n, *tuple(t.shape)[1:]) for t in split.cut])
+        chunk = max(batch_size, 256)  # bounded float32 temporaries even for large input sets
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            outputs = split.prefix.predict(x[start:stop], batch_size=batch_size, verbose=0)
+            for array, output in zip(arrays, outputs if isinstance(outputs, list) else [outputs]):
+                array[start:stop] = output
+        return arrays
+
+
+DEFAULT_STORE = ActivationStore()
+
+
+def _inputs(arrays: list[np.ndarray], index=None):
+    picked = [a if index is None else a[index] for a in arrays]
+    return picked[0] if len(picked) == 1 else picked
+
+
+def fit_with_prefix_cache(model, x, y, fit_index, val_index, store: ActivationStore | None = None,
+                          compile_overrides: dict | None = None, **fit_kwargs):
+    """`model.fit(x[fit_index], y[fit_index], validation_data=(x[val_index], y[val_index]), **fit_kwargs)`,
+    computed on the cached frozen prefix when exact; returns the History. `compile_overrides` (e.g.
+    steps_per_execution, jit_compile) apply to the suffix's compile only."""
+    import keras
+
+    store = DEFAULT_STORE if store is None else store
+    split, reason = split_model(model)
+    if split is None:
+        log.warning("prefix cache: training the full model (%s)", reason)
+        return model.fit(x[fit_index], y[fit_index], validation_data=(x[val_index], y[val_index]), **fit_kwargs)
+    arrays = store.get(split, x)
+    suffix = build_suffix(split.cut, model.outputs)
+    config = keras.saving.deserialize_keras_object(model.get_compile_config())
+    suffix.compile(**(config | (compile_overrides or {})))
+    return suffix.fit(_inputs(arrays, fit_index), y[fit_index],
+                      validation_data=(_inputs(arrays, val_index), y[val_index]), **fit_kwargs)
+
+
+def predict_with_prefix_cache(model, x, batch_size: int, store: ActivationStore | None = None):
+    """`model.predict(x, batch_size)` from the cached prefix activations (e.g. a feature model over the
+    trained layers: its frozen part is the one the training cached). Same output structure as predict."""
+    import keras
+
+    store = DEFAULT_STORE if store is None else store
+    split, reason = split_model(model)
+    if split is None:
+        log.info("prefix cache: predicting with the full model (%s)", reason)
+        return model.predict(x, batch_size=batch_size, verbose=0)
+    arrays = store.get(split, x)
+    by_id = {id(t): a for t, a in zip(split.cut, arrays)}
+    flat_outputs = keras.tree.flatten(model.outputs)
+    computed = [t for t in flat_outputs if id(t) not in by_id]
+    results = {}
+    if computed:
+        predicted = build_suffix(split.cut, computed).predict(_inputs(arrays), batch_size=batch_size, verbose=0)
+        results = dict(zip(map(id, computed), predicted if isinstance(predicted, list) else [predicted]))
+    values = [np.asarray(by_id[id(t)]) if id(t) in by_id else results[id(t)] for t in flat_outputs]
+    return keras.tree.pack_sequence_as(model._outputs_struct, values)

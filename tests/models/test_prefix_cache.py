@@ -1,0 +1,136 @@
+"""The frozen-prefix cache trains the same weights, metrics and features as the full model's fit.
+
+Exactness runs `finetune.train_fold` (the stage's own code) with `prefix_cache` off and on, for every
+backbone at two strategies, on tiny random images (32 px; InceptionV3 at its 75 px minimum), 2 epochs.
+"""
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+
+from sonotune.config import parse_params
+from sonotune.cv import Fold
+from sonotune.finetune import train_fold
+from sonotune.models.backbones import BACKBONES
+from sonotune.models.head import feature_model
+from sonotune.models.prefix_cache import (
+    ActivationStore, DEFAULT_STORE, find_cut, fit_with_prefix_cache, predict_with_prefix_cache,
+)
+from tests.conftest import tiny_params
+
+RTOL = 1e-5  # float32; on the CI CPU the two paths agree bit for bit (docs/benchmarks.md)
+
+
+def _params(size: int, prefix_cache: bool):
+    return parse_params(tiny_params(**{
+        "finetune.input_size": size, "finetune.prefix_cache": prefix_cache, "finetune.batch_size": 4,
+        "finetune.dense_units": 16,
+    }))
+
+
+def _data(size: int, n: int = 12):
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(n, size, size, 3)) * 50).astype(np.float32)
+    y = np.arange(n) % 2
+    return x, y, Fold(index=0, fit=np.arange(8), val=np.arange(8, 12), test=np.arange(8, 12))
+
+
+def _train(backbone, strategy, size, prefix_cache, x, y, fold):
+    model, history, best_epoch = train_fold(_params(size, prefix_cache), backbone, strategy, x, y, fold)
+    if prefix_cache:
+        features = predict_with_prefix_cache(feature_model(model), x, 8)
+    else:
+        features = feature_model(model).predict(x, batch_size=8, verbose=0)
+    weights = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
+    keras.backend.clear_session()
+    return weights, history, best_epoch, features
+
+
+def _assert_same(full, cached):
+    for a, b in zip(full[0], cached[0], strict=True):
+        np.testing.assert_allclose(b, a, rtol=RTOL, atol=RTOL * (np.abs(a).max() + 1e-12))
+    assert cached[2] == full[2]
+    for key in full[1]:
+        np.testing.assert_allclose(cached[1][key], full[1][key], rtol=RTOL, atol=1e-7)
+    for key in full[3]:
+        np.testing.assert_allclose(cached[3][key], full[3][key], rtol=RTOL, atol=RTOL * np.abs(full[3][key]).max())
+
+
+@pytest.mark.parametrize(("backbone", "strategy"), [(b, s) for b in sorted(BACKBONES) for s in (0, 15)])
+def test_cached_training_matches_the_full_model(backbone, strategy):
+    size = max(32, BACKBONES[backbone].min_size)
+    x, y, fold = _data(size)
+    full = _train(backbone, strategy, size, False, x, y, fold)
+    DEFAULT_STORE.clear()
+    misses = DEFAULT_STORE.misses
+    cached = _train(backbone, strategy, size, True, x, y, fold)
+    assert DEFAULT_STORE.misses == misses + 1  # training extracted the prefix; feature extraction reused it
+    _assert_same(full, cached)
+
+
+def test_a_cache_hit_trains_like_a_miss():
+    """Same frozen weights (same seed) and same images: the second fold reuses the activations, same result."""
+    x, y, fold = _data(32)
+    full = _train("resnet50", 15, 32, False, x, y, fold)
+    DEFAULT_STORE.clear()
+    _train("resnet50", 15, 32, True, x, y, fold)
+    hits = DEFAULT_STORE.hits
+    again = _train("resnet50", 15, 32, True, x, y, fold)
+    assert DEFAULT_STORE.hits >= hits + 2
+    _assert_same(full, again)
+
+
+def _residual_model(dropout_first: bool = False):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Dropout(0.5, name="early_dropout")(inputs) if dropout_first else inputs
+    a = keras.layers.Conv2D(4, 3, padding="same", name="frozen_conv")(x)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="trainable_conv")(a)
+    merged = keras.layers.Add(name="add")([a, b])  # `a` crosses the cut twice: into the conv and the shortcut
+    pooled = keras.layers.GlobalMaxPooling2D()(merged)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+    model.get_layer("frozen_conv").trainable = False
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    return model
+
+
+def test_the_cut_is_every_frozen_tensor_a_trainable_layer_consumes():
+    model = _residual_model()
+    cut, frozen, reason = find_cut(model)
+    assert reason is None
+    assert [t for t in cut] == [model.get_layer("frozen_conv").output]
+    assert [layer.name for layer in frozen] == ["frozen_conv"]
+    keras.backend.clear_session()
+
+
+def test_nothing_random_is_cached_and_the_fallback_is_logged(caplog):
+    model = _residual_model(dropout_first=True)  # dropout draws anew each step: nothing before it is constant
+    cut, _, reason = find_cut(model)
+    assert reason == "no frozen layer before the first trainable one"
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype(np.float32)
+    y = keras.utils.to_categorical(np.arange(8) % 2, 2)
+    with caplog.at_level(logging.WARNING, logger="sonotune.models.prefix_cache"):
+        history = fit_with_prefix_cache(model, x, y, np.arange(6), np.arange(6, 8), epochs=1, verbose=0)
+    assert "training the full model (no frozen layer before the first trainable one)" in caplog.text
+    assert len(history.history["loss"]) == 1
+    keras.backend.clear_session()
+
+
+def test_activations_beyond_the_ram_budget_go_to_a_memmap_with_the_same_result(tmp_path):
+    x = np.random.default_rng(1).normal(size=(8, 8, 8, 3)).astype(np.float32)
+    y = keras.utils.to_categorical(np.arange(8) % 2, 2)
+    results = []
+    for budget in (None, 0):
+        keras.utils.set_random_seed(3)
+        model = _residual_model()
+        store = ActivationStore(ram_budget_bytes=budget, spill_dir=str(tmp_path))
+        fit_with_prefix_cache(model, x, y, np.arange(6), np.arange(6, 8), store=store, epochs=2, batch_size=2,
+                              verbose=0)
+        assert isinstance(store.arrays[0], np.memmap) == (budget == 0)
+        results.append([keras.ops.convert_to_numpy(w) for w in model.weights])
+        store.clear()
+        keras.backend.clear_session()
+    assert not list(tmp_path.iterdir())  # the spilled files went with the entry
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
