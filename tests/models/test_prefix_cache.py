@@ -38,7 +38,7 @@ def _data(size: int, n: int = 12):
 
 
 def _train(backbone, strategy, size, prefix_cache, x, y, fold):
-    model, history, best_epoch = train_fold(_params(size, prefix_cache), backbone, strategy, x, y, fold)
+    model, history, best_epoch, _ = train_fold(_params(size, prefix_cache), backbone, strategy, x, y, fold)
     if prefix_cache:
         features = predict_with_prefix_cache(feature_model(model), x, 8)
     else:
