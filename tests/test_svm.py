@@ -33,6 +33,33 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path, tests
 
 
+def _stage_run(tmp_path_factory, name, **overrides):
+    """Run the stage once (recording every fitted row) in its own directory, for several tests to inspect."""
+    root = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        tests = write_finetune_output(root)
+        summary = run_svm(svm_params(**overrides), DATASET, BACKBONE, STRATEGY,
+                          estimator=recording_pipeline(root / "fits.log"))
+    return root, tests, summary
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    return _stage_run(tmp_path_factory, "grid")
+
+
+@pytest.fixture(scope="module")
+def optuna_run(tmp_path_factory):
+    return _stage_run(tmp_path_factory, "optuna", **OPTUNA)
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory):
+    return _stage_run(tmp_path_factory, "paper", protocol="paper")
+
+
 def _features(root, layer, fold):
     with np.load(root / "runs/phantom/vgg16/15/mlp/features.npz") as stored:
         return stored[f"{layer}_{fold}"]
@@ -49,27 +76,22 @@ def _runs(root) -> pd.DataFrame:
 
 # --- leakage: asserted on the rows every fit saw -------------------------------------------------------------
 
-@pytest.mark.parametrize("search", ["grid", "optuna"])
-def test_leakage_free_search_never_fits_a_test_fold_row(workdir, search):
-    root, tests = workdir
-    log = root / "fits.log"
-    params = svm_params(**{"svm.search": search, "svm.optuna.n_trials": 3})
-    run_svm(params, DATASET, BACKBONE, STRATEGY, estimator=recording_pipeline(log))
+@pytest.mark.parametrize("stage_run", ["grid_run", "optuna_run"])
+def test_leakage_free_search_never_fits_a_test_fold_row(stage_run, request):
+    root, tests, _ = request.getfixturevalue(stage_run)
     n = sum(len(t) for t in tests.values())
     for fold, test in tests.items():
-        seen = fitted_rows(log, _features(root, "pooled", fold))
+        seen = fitted_rows(root / "fits.log", _features(root, "pooled", fold))
         assert seen.isdisjoint(test), f"fold {fold}: fitted on test rows {sorted(seen & set(test))}"
         # not vacuous: the refit saw every training row of the fold
         assert seen == set(range(n)) - set(test)
 
 
-def test_paper_protocol_fits_the_test_fold_rows(workdir):
+def test_paper_protocol_fits_the_test_fold_rows(paper_run):
     """The recorder does detect a leak: the paper's protocol searches C over every image."""
-    root, tests = workdir
-    log = root / "fits.log"
-    run_svm(svm_params(protocol="paper"), DATASET, BACKBONE, STRATEGY, estimator=recording_pipeline(log))
+    root, tests, _ = paper_run
     for fold, test in tests.items():
-        assert set(test) <= fitted_rows(log, _features(root, "pooled", fold))
+        assert set(test) <= fitted_rows(root / "fits.log", _features(root, "pooled", fold))
 
 
 def test_dense_layer_is_the_one_used(workdir):
@@ -81,9 +103,8 @@ def test_dense_layer_is_the_one_used(workdir):
 
 # --- outputs ------------------------------------------------------------------------------------------------
 
-def test_grid_outputs_metrics_scores_and_chosen_c(workdir):
-    root, tests = workdir
-    summary = run_svm(svm_params(), DATASET, BACKBONE, STRATEGY)
+def test_grid_outputs_metrics_scores_and_chosen_c(grid_run):
+    root, tests, summary = grid_run
     metrics = json.loads((root / "runs/phantom/vgg16/15/svm_metrics.json").read_text())
     assert len(metrics["folds"]) == N_FOLDS and set(metrics["chosen_c"]) <= {0.1, 1.0, 10.0, 100.0}
     assert metrics["mean"] == summary and summary["auc_mean"] > 0.75  # the synthetic classes are separable-ish
@@ -97,22 +118,22 @@ def test_grid_outputs_metrics_scores_and_chosen_c(workdir):
     assert len(searched) == 4 * N_FOLDS
     assert pd.read_csv(root / "runs/phantom/vgg16/15/svm_roc.csv").columns.tolist() == ["fpr", "tpr"]
     assert not (root / "runs/phantom/vgg16/15/svm/optuna.db").exists()
+    assert (_runs(root)["status"] == "FINISHED").all()
 
 
-def test_paper_protocol_scores_by_cv_over_the_whole_dataset(workdir):
-    root, _ = workdir
-    run_svm(svm_params(protocol="paper"), DATASET, BACKBONE, STRATEGY)
+def test_paper_protocol_scores_by_cv_over_the_whole_dataset(paper_run):
+    root, _, _ = paper_run
     metrics = json.loads((root / "runs/phantom/vgg16/15/svm_metrics.json").read_text())
     n = len(pd.read_csv(root / "runs/phantom/vgg16/15/mlp/oof.csv"))
     for fold in metrics["folds"]:
         assert fold["tp"] + fold["fp"] + fold["tn"] + fold["fn"] == n  # every image is scored
     folds = _runs(root).query("fold != 'all'").sort_values("fold")
     assert np.allclose(folds["metric.auc"], folds["metric.inner_cv_auc"])  # scored by the search's own CV
+    assert (folds["protocol"] == "paper").all()
 
 
-def test_optuna_default_storage_lands_in_the_stage_output(workdir):
-    root, _ = workdir
-    run_svm(svm_params(**OPTUNA), DATASET, BACKBONE, STRATEGY)
+def test_optuna_default_storage_lands_in_the_stage_output(optuna_run):
+    root, _, _ = optuna_run
     storage = f"sqlite:///{root / 'runs/phantom/vgg16/15/svm/optuna.db'}"
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
     assert names == [f"phantom-vgg16-15-svm-leakage_free-pooled-fold{k}" for k in range(N_FOLDS)]
@@ -171,9 +192,8 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
 
 # --- MLflow structure ---------------------------------------------------------------------------------------
 
-def test_mlflow_parent_fold_and_trial_runs(workdir):
-    root, _ = workdir
-    run_svm(svm_params(**OPTUNA), DATASET, BACKBONE, STRATEGY)
+def test_mlflow_parent_fold_and_trial_runs(optuna_run):
+    root, _, _ = optuna_run
     runs = _runs(root)
     assert (runs["status"] == "FINISHED").all() and (runs["classifier"] == "svm").all()
     parent = runs[runs["fold"] == "all"]
@@ -198,6 +218,7 @@ def test_mlflow_parent_fold_and_trial_runs(workdir):
     experiment_id = client.get_experiment_by_name(f"sonotune-{DATASET}").experiment_id
     models = client.search_logged_models(experiment_ids=[experiment_id])
     assert sorted(m.source_run_id for m in models) == sorted(folds["run_id"])
+    mlflow.set_tracking_uri(client.tracking_uri)
     model = mlflow.sklearn.load_model(f"models:/{models[0].model_id}")
     assert model.named_steps["svc"].C in set(folds["param.C"].astype(float))
 
