@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import yaml
 
 from sonotune.errors import ConfigError, DataError
 from sonotune.svm import run_svm
@@ -276,3 +277,14 @@ def test_missing_feature_layer_names_the_array(workdir):
     np.savez(path, **kept)
     with pytest.raises(DataError, match="no array 'dense_0'"):
         run_svm(svm_params(**{"svm.features": "dense"}), DATASET, BACKBONE, STRATEGY)
+
+
+def test_cli_reports_a_bad_svm_key_in_one_line(tmp_path):
+    params = tiny_params(**{"svm.optuna.n_trials": 0})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "-m", "sonotune.cli", "svm", "--dataset", DATASET, "--backbone", BACKBONE,
+                             "--strategy", str(STRATEGY)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sonotune svm: error: params.yaml: svm.optuna.n_trials: Input should be greater than or equal to 1 (got 0)"]
+    assert not (tmp_path / "mlruns").exists()
