@@ -85,15 +85,14 @@ def search_c(params: Params, estimator, x, y, groups, name: str, storage: str | 
                            params.seed, storage, name, callbacks)
 
 
-def evaluate_fold(params: Params, estimator, data: FineTuned, fold: int, storage: str | None,
-                  callbacks=(), dataset: str = "", backbone: str = "", strategy: int = 0) -> FoldResult:
+def evaluate_fold(params: Params, estimator, data: FineTuned, fold: int, study: str, storage: str | None,
+                  callbacks=()) -> FoldResult:
     """Search C on the fold's fit rows, then score: the test fold once (leakage_free) or 5-fold CV over all
     images (paper)."""
     x, y = data.features[fold], data.rows["y"].to_numpy()
     groups, folds = data.rows["group"].to_numpy(), data.folds
     fit = svm_fit_rows(params.protocol, folds, fold)
-    name = study_name(params, dataset, backbone, strategy, fold)
-    search = search_c(params, estimator, x[fit], y[fit], groups[fit], name, storage, callbacks)
+    search = search_c(params, estimator, x[fit], y[fit], groups[fit], study, storage, callbacks)
     if params.protocol == "paper":
         metrics, scores = inner_cv_metrics(search.estimator, x, y, groups, inner_folds(params.svm.inner_splits,
                                                                                        params.seed))
@@ -194,7 +193,8 @@ def run_svm(params: Params, dataset: str, backbone: str, strategy: int, estimato
         for fold in tqdm(sorted(data.features), desc=f"svm {backbone} {strategy}% ({cfg.search})", unit="fold"):
             with tracking.fold_run(parent, fold) as run:
                 callbacks = [trial_logger(mlflow.get_run(run.info.run_id))] if cfg.search == "optuna" else []
-                result = evaluate_fold(params, estimator, data, fold, storage, callbacks, dataset, backbone, strategy)
+                study = study_name(params, dataset, backbone, strategy, fold)
+                result = evaluate_fold(params, estimator, data, fold, study, storage, callbacks)
                 log_fold(result, y, data.features[fold][result.fit_rows], fold, cfg.search)
             test = np.flatnonzero(data.folds == fold)
             oof.loc[test, "C"] = result.search.best_c
