@@ -119,12 +119,31 @@ class Finetune(Section):
     prefix_cache: bool = True  # exact frozen-prefix cache (models/prefix_cache.py)
 
 
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+
+
+class SvmOptuna(Section):
+    """`svm.search: optuna`: a seeded TPE study over log-uniform C per outer fold."""
+
+    n_trials: PositiveInt = 20
+    c_min: PositiveFloat = 1e-4
+    c_max: PositiveFloat = 100.0
+    storage: Annotated[str, Field(min_length=1)] | None = None  # SQLAlchemy URL; None: SQLite in the stage's output
+
+    @model_validator(mode="after")
+    def _range_not_empty(self) -> "SvmOptuna":
+        if self.c_min >= self.c_max:
+            raise ValueError(f"c_min ({self.c_min}) must be smaller than c_max ({self.c_max})")
+        return self
+
+
 class Svm(Section):
     features: Literal["pooled", "dense"] = "pooled"
-    search: Literal["grid"] = "grid"
-    c_grid: Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=1)] = [0.1, 1.0, 10.0, 100.0]
+    search: Literal["grid", "optuna"] = "grid"
+    c_grid: Annotated[list[PositiveFloat], Field(min_length=1)] = [0.1, 1.0, 10.0, 100.0]
     inner_splits: Annotated[int, Field(ge=2, le=20)] = 5
     max_iter: PositiveInt = 20000
+    optuna: SvmOptuna = SvmOptuna()
 
 
 class Report(Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,8 +29,10 @@ def confusion_file(dataset: str, backbone: str, strategy: int, classifier: str):
 
 
 def write_stage_outputs(dataset, backbone, strategy, classifier, oof: pd.DataFrame, per_fold, summary,
-                        arrays: dict[str, np.ndarray] | None = None, extra: dict | None = None) -> None:
-    """Write the stage's folder (oof.csv [+ features.npz]), metrics JSON and ROC CSV, folder last-moved."""
+                        arrays: dict[str, np.ndarray] | None = None, extra: dict | None = None,
+                        files: dict[str, Path] | None = None) -> None:
+    """Write the stage's folder (oof.csv [+ features.npz] [+ `files`, name -> existing file moved in]),
+    metrics JSON and ROC CSV, folder last-moved."""
     out_dir = stage_dir(dataset, backbone, strategy, classifier)
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -37,6 +40,8 @@ def write_stage_outputs(dataset, backbone, strategy, classifier, oof: pd.DataFra
     oof.to_csv(staging / "oof.csv", index=False)
     if arrays:
         np.savez(staging / "features.npz", **arrays)
+    for name, path in (files or {}).items():
+        shutil.move(path, staging / name)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     metrics = {"mean": summary, "folds": per_fold} | (extra or {})

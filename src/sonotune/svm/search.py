@@ -1,0 +1,116 @@
+"""Choosing the linear SVM's C by inner cross-validation: the paper's grid (GridSearchCV) or a seeded Optuna study.
+
+Pure functions over arrays; nothing here knows about stages, files or MLflow. Both searches fit only the rows
+they are given, score each C by the mean ROC AUC of the same grouped, stratified inner folds, and return the
+pipeline refitted on all given rows with the best C. The estimator is any sklearn Pipeline whose linear SVM
+step is named `svc` (default: `svm_pipeline`, StandardScaler → LinearSVC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from sonotune.metrics import METRIC_NAMES, binary_metrics
+
+C_PARAM = "svc__C"
+SEARCH_COLUMNS = ["trial", "C", "inner_auc_mean", "inner_auc_sd"]
+
+
+@dataclass(frozen=True)
+class CSearch:
+    """Outcome of a C search: the refitted pipeline, its C, its inner-CV AUC and every C tried."""
+
+    estimator: Pipeline
+    best_c: float
+    inner_auc: float
+    tried: pd.DataFrame  # SEARCH_COLUMNS, one row per grid value or Optuna trial
+
+
+def svm_pipeline(max_iter: int, seed: int) -> Pipeline:
+    return Pipeline([("scale", StandardScaler()), ("svc", LinearSVC(max_iter=max_iter, random_state=seed))])
+
+
+def inner_folds(n_splits: int, seed: int) -> StratifiedGroupKFold:
+    """The inner CV: grouped and stratified, shuffled once by the seed, so every C sees the same splits."""
+    return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+
+
+def grid_search_c(estimator: Pipeline, x, y, groups, c_grid: Sequence[float], cv) -> CSearch:
+    """GridSearchCV over `c_grid`, ROC AUC on `cv`'s inner folds of exactly these rows, refit on all of them."""
+    search = GridSearchCV(clone(estimator), {C_PARAM: list(c_grid)}, scoring="roc_auc", cv=cv, refit=True,
+                          error_score="raise")
+    search.fit(x, y, groups=groups)
+    results = search.cv_results_
+    tried = pd.DataFrame({
+        "trial": np.arange(len(c_grid)),
+        "C": np.asarray(results[f"param_{C_PARAM}"], dtype=float),
+        "inner_auc_mean": results["mean_test_score"],
+        "inner_auc_sd": results["std_test_score"],
+    })
+    return CSearch(search.best_estimator_, float(search.best_params_[C_PARAM]), float(search.best_score_), tried)
+
+
+def inner_cv_aucs(estimator: Pipeline, c: float, x, y, groups, cv) -> np.ndarray:
+    """ROC AUC of the pipeline with this C on each inner fold (the objective both searches share)."""
+    model = clone(estimator).set_params(**{C_PARAM: c})
+    return cross_val_score(model, x, y, groups=groups, cv=cv, scoring="roc_auc", error_score="raise")
+
+
+def open_study(storage: str | None, study_name: str, seed: int):
+    """Create or load a maximising study with a seeded TPE sampler (`storage` None: in memory)."""
+    import optuna
+
+    if storage is not None and storage.startswith("sqlite:"):
+        # several workers on one SQLite file wait for the lock instead of failing at once
+        storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                               sampler=optuna.samplers.TPESampler(seed=seed), load_if_exists=True)
+
+
+def optuna_search_c(estimator: Pipeline, x, y, groups, cv, c_min: float, c_max: float, n_trials: int,
+                    seed: int, storage: str | None, study_name: str,
+                    callbacks: Sequence[Callable] = ()) -> CSearch:
+    """Add `n_trials` TPE trials over log-uniform C in [c_min, c_max] to the study; refit with its best C.
+
+    With a shared storage the study may hold other workers' trials: the best C is the study's best.
+    """
+    import optuna
+
+    def objective(trial: "optuna.Trial") -> float:
+        aucs = inner_cv_aucs(estimator, trial.suggest_float("C", c_min, c_max, log=True), x, y, groups, cv)
+        trial.set_user_attr("inner_auc_sd", float(aucs.std()))
+        return float(aucs.mean())
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(storage, study_name, seed)
+    study.optimize(objective, n_trials=n_trials, callbacks=list(callbacks))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    tried = pd.DataFrame(
+        [(t.number, t.params["C"], t.value, t.user_attrs.get("inner_auc_sd", np.nan)) for t in done],
+        columns=SEARCH_COLUMNS,
+    )
+    best_c = float(study.best_params["C"])
+    refit = clone(estimator).set_params(**{C_PARAM: best_c}).fit(x, y)
+    return CSearch(refit, best_c, float(study.best_value), tried)
+
+
+def inner_cv_metrics(estimator: Pipeline, x, y, groups, cv) -> tuple[dict[str, float], np.ndarray]:
+    """Every metric of `estimator` scored by inner CV over these rows: mean over folds (counts summed),
+    and the cross-validated decision score of each row. With the same `cv`, `auc` equals the search's score."""
+    per_fold, scores = [], np.full(len(y), np.nan)
+    for fit, held_out in cv.split(x, y, groups):
+        score = clone(estimator).fit(x[fit], y[fit]).decision_function(x[held_out])
+        scores[held_out] = score
+        per_fold.append(binary_metrics(y[held_out], score, 0.0))
+    metrics = {name: float(np.mean([fold[name] for fold in per_fold])) for name in METRIC_NAMES}
+    counts = {name: int(sum(fold[name] for fold in per_fold)) for name in ("tp", "fp", "tn", "fn")}
+    return metrics | counts, scores

@@ -1,0 +1,219 @@
+"""The `svm` stage's loop: read finetune's features, search C and score per outer fold, write and track it all.
+
+See the package docstring (`sonotune.svm`) for what each protocol does.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from sonotune import tracking
+from sonotune.config import Params, flatten
+from sonotune.errors import DataError
+from sonotune.layout import stage_dir
+from sonotune.metrics import binary_metrics, summarize
+from sonotune.outputs import write_stage_outputs
+from sonotune.plots import save_confusion_png, save_roc_png
+from sonotune.svm.search import (CSearch, grid_search_c, inner_cv_metrics, inner_folds, optuna_search_c,
+                                 svm_pipeline)
+
+CLASSIFIER = "svm"
+STUDY_FILE = "optuna.db"
+
+
+@dataclass(frozen=True)
+class FineTuned:
+    """What the finetune stage left for one configuration: one row per image, one feature matrix per fold."""
+
+    rows: pd.DataFrame  # path, group, label, y, fold (the outer fold where the image is the test image)
+    features: dict[int, np.ndarray]  # fold -> features of every image from that fold's model
+
+    @property
+    def folds(self) -> np.ndarray:
+        return self.rows["fold"].to_numpy()
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    search: CSearch
+    fit_rows: np.ndarray  # rows the C search and the final pipeline were fitted on
+    scored_rows: np.ndarray  # rows the fold's metrics are computed on
+    scores: np.ndarray  # decision scores of scored_rows
+    metrics: dict[str, float]
+
+
+def load_finetuned(dataset: str, backbone: str, strategy: int, layer: str) -> FineTuned:
+    """Read `runs/D/B/S/mlp/` (oof.csv, features.npz); DataError when missing or inconsistent."""
+    source = stage_dir(dataset, backbone, strategy, "mlp")
+    if not (source / "oof.csv").is_file() or not (source / "features.npz").is_file():
+        raise DataError(f"{source}: no oof.csv/features.npz — run the finetune stage first "
+                        f"(sonotune finetune --dataset {dataset} --backbone {backbone} --strategy {strategy})")
+    rows = pd.read_csv(source / "oof.csv", dtype={"group": str})[["path", "group", "label", "y", "fold"]]
+    features = {}
+    with np.load(source / "features.npz") as stored:
+        for fold in sorted(rows["fold"].unique()):
+            key = f"{layer}_{fold}"
+            if key not in stored:
+                raise DataError(f"{source / 'features.npz'}: no array '{key}' for svm.features={layer}, "
+                                f"fold {fold} (has: {', '.join(sorted(stored.files))})")
+            if len(stored[key]) != len(rows):
+                raise DataError(f"{source / 'features.npz'}: '{key}' has {len(stored[key])} rows, oof.csv {len(rows)}")
+            features[int(fold)] = stored[key]
+    return FineTuned(rows, features)
+
+
+def svm_fit_rows(protocol: str, folds: np.ndarray, fold: int) -> np.ndarray:
+    """Rows the C search is fitted on for outer fold `fold`: its training images, or every image (paper)."""
+    return np.arange(len(folds)) if protocol == "paper" else np.flatnonzero(folds != fold)
+
+
+def study_name(params: Params, dataset: str, backbone: str, strategy: int, fold: int) -> str:
+    return f"{dataset}-{backbone}-{strategy}-svm-{params.protocol}-{params.svm.features}-fold{fold}"
+
+
+def search_c(params: Params, estimator, x, y, groups, name: str, storage: str | None, callbacks=()) -> CSearch:
+    cfg, cv = params.svm, inner_folds(params.svm.inner_splits, params.seed)
+    if cfg.search == "grid":
+        return grid_search_c(estimator, x, y, groups, cfg.c_grid, cv)
+    return optuna_search_c(estimator, x, y, groups, cv, cfg.optuna.c_min, cfg.optuna.c_max, cfg.optuna.n_trials,
+                           params.seed, storage, name, callbacks)
+
+
+def evaluate_fold(params: Params, estimator, data: FineTuned, fold: int, study: str, storage: str | None,
+                  callbacks=()) -> FoldResult:
+    """Search C on the fold's fit rows, then score: the test fold once (leakage_free) or 5-fold CV over all
+    images (paper)."""
+    x, y = data.features[fold], data.rows["y"].to_numpy()
+    groups, folds = data.rows["group"].to_numpy(), data.folds
+    fit = svm_fit_rows(params.protocol, folds, fold)
+    search = search_c(params, estimator, x[fit], y[fit], groups[fit], study, storage, callbacks)
+    if params.protocol == "paper":
+        metrics, scores = inner_cv_metrics(search.estimator, x, y, groups, inner_folds(params.svm.inner_splits,
+                                                                                       params.seed))
+        return FoldResult(search, fit, np.arange(len(y)), scores, metrics)
+    test = np.flatnonzero(folds == fold)
+    scores = search.estimator.decision_function(x[test])
+    return FoldResult(search, fit, test, scores, binary_metrics(y[test], scores, 0.0))
+
+
+def trial_logger(fold_run):
+    """An Optuna callback logging each finished trial as an MLflow run nested under the fold's run."""
+    import mlflow
+
+    tags = {k: v for k, v in fold_run.data.tags.items() if not k.startswith("mlflow.")}
+
+    def log_trial(study, trial) -> None:
+        if trial.value is None:
+            return
+        with mlflow.start_run(experiment_id=fold_run.info.experiment_id, nested=True,
+                              run_name=f"{fold_run.info.run_name}-trial{trial.number}",
+                              tags=tags | {"optuna_study": study.study_name, "optuna_trial": str(trial.number)}):
+            mlflow.log_params({"C": trial.params["C"]})
+            mlflow.log_metrics({"inner_cv_auc": trial.value,
+                                "inner_cv_auc_sd": trial.user_attrs.get("inner_auc_sd", float("nan"))})
+
+    return log_trial
+
+
+def save_c_search_png(path: Path, tried: pd.DataFrame, best_c: float, title: str) -> None:
+    """Inner-CV AUC against C (log axis), the chosen C marked."""
+    import matplotlib.pyplot as plt
+
+    tried = tried.sort_values("C")
+    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    ax.errorbar(tried["C"], tried["inner_auc_mean"], yerr=tried["inner_auc_sd"], fmt="o-", ms=3, capsize=2)
+    ax.axvline(best_c, color="tab:red", linestyle=":", label=f"chosen C = {best_c:.3g}")
+    ax.set(xscale="log", xlabel="C", ylabel="inner-CV ROC AUC", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def log_fold(result: FoldResult, y: np.ndarray, x_fit: np.ndarray, fold: int, search: str) -> None:
+    import mlflow
+
+    mlflow.log_params({"C": result.search.best_c, "n_fit_rows": len(result.fit_rows),
+                       "n_scored_rows": len(result.scored_rows)})
+    mlflow.log_metrics(result.metrics | {"inner_cv_auc": result.search.inner_auc})
+    truth, scores = y[result.scored_rows], result.scores
+    with tracking.artifact_dir() as tmp:
+        save_roc_png(tmp / "roc.png", {"SVM": (truth, scores)}, f"fold {fold}")
+        save_confusion_png(tmp / "confusion_matrix.png", truth, (scores >= 0).astype(int), f"fold {fold}")
+        result.search.tried.to_csv(tmp / "c_search.csv", index=False)
+        save_c_search_png(tmp / "c_search.png", result.search.tried, result.search.best_c, f"fold {fold}: {search}")
+    log_pipeline(result.search.estimator, x_fit[:5])
+
+
+def log_pipeline(pipeline, sample: np.ndarray) -> None:
+    """Log the fitted pipeline with mlflow.sklearn (skops format, requirements not inferred: seconds saved)."""
+    import mlflow
+    import skops.io
+    from mlflow.models import infer_signature
+
+    # skops loads only types it trusts; a caller-supplied step (not sklearn's) is trusted explicitly here,
+    # since this process built the object it is about to serialise
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)) or None
+    mlflow.sklearn.log_model(
+        pipeline, name="svm",
+        signature=infer_signature(sample, pipeline.decision_function(sample)),
+        pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
+        skops_trusted_types=trusted,
+    )
+
+
+def run_svm(params: Params, dataset: str, backbone: str, strategy: int, estimator=None) -> dict:
+    """Run the stage for one configuration; return the summary metrics.
+
+    `estimator`: the pipeline to tune (a Pipeline with a `svc` step); default StandardScaler → LinearSVC.
+    """
+    import mlflow
+
+    cfg = params.svm
+    data = load_finetuned(dataset, backbone, strategy, cfg.features)
+    estimator = estimator if estimator is not None else svm_pipeline(cfg.max_iter, params.seed)
+    y = data.rows["y"].to_numpy()
+    oof = data.rows.assign(C=np.nan, score=np.nan)
+    per_fold, chosen_c, tried = [], [], []
+    run_params = flatten(cfg, "svm.") | {"seed": params.seed, "protocol": params.protocol, "dataset": dataset}
+    with tempfile.TemporaryDirectory() as scratch, \
+            tracking.parent_run(dataset, backbone, strategy, CLASSIFIER, params.protocol, run_params) as parent:
+        default_study = cfg.search == "optuna" and cfg.optuna.storage is None
+        storage = f"sqlite:///{Path(scratch) / STUDY_FILE}" if default_study else cfg.optuna.storage
+        if cfg.search == "optuna":
+            shown = f"sqlite:///{stage_dir(dataset, backbone, strategy, CLASSIFIER) / STUDY_FILE}" \
+                if default_study else storage
+            mlflow.set_tag("optuna_storage", shown)
+        for fold in tqdm(sorted(data.features), desc=f"svm {backbone} {strategy}% ({cfg.search})", unit="fold"):
+            with tracking.fold_run(parent, fold) as run:
+                callbacks = [trial_logger(mlflow.get_run(run.info.run_id))] if cfg.search == "optuna" else []
+                study = study_name(params, dataset, backbone, strategy, fold)
+                result = evaluate_fold(params, estimator, data, fold, study, storage, callbacks)
+                log_fold(result, y, data.features[fold][result.fit_rows], fold, cfg.search)
+            test = np.flatnonzero(data.folds == fold)
+            oof.loc[test, "C"] = result.search.best_c
+            oof.loc[test, "score"] = result.scores if params.protocol != "paper" else result.scores[test]
+            per_fold.append(result.metrics)
+            chosen_c.append(result.search.best_c)
+            tried.append(result.search.tried.assign(fold=fold))
+            tqdm.write(f"  fold {fold}: C={result.search.best_c:.3g} inner-CV AUC={result.search.inner_auc:.3f} "
+                       f"AUC={result.metrics['auc']:.3f}")
+        summary = summarize(per_fold)
+        mlflow.log_metrics(summary)
+        mlflow.log_params({f"chosen_c.fold{fold}": c for fold, c in zip(sorted(data.features), chosen_c)})
+        search_table = pd.concat(tried, ignore_index=True)[["fold", "trial", "C", "inner_auc_mean", "inner_auc_sd"]]
+        with tracking.artifact_dir() as tmp:
+            save_roc_png(tmp / "roc_pooled.png", {"SVM": (oof["y"], oof["score"])}, "pooled out-of-fold")
+            search_table.to_csv(tmp / "c_search.csv", index=False)
+        search_file = Path(scratch) / "c_search.csv"
+        search_table.to_csv(search_file, index=False)
+        files = {"c_search.csv": search_file} | ({STUDY_FILE: Path(scratch) / STUDY_FILE} if default_study else {})
+        write_stage_outputs(dataset, backbone, strategy, CLASSIFIER, oof, per_fold, summary,
+                            extra={"chosen_c": chosen_c}, files=files)
+    return summary

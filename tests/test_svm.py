@@ -1,0 +1,290 @@
+"""FT-SVM stage on synthetic finetune outputs: leakage, searches, shared Optuna storage, MLflow structure,
+outputs and bad input. Real sklearn, Optuna (SQLite) and MLflow (SQLite); no CNN is trained here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from sonotune.errors import ConfigError, DataError
+from sonotune.svm import run_svm
+from sonotune.svm.search import inner_folds, optuna_search_c, svm_pipeline
+from tests.conftest import ROOT, tiny_params
+from tests.svm_helpers import (BACKBONE, DATASET, N_FOLDS, STRATEGY, fitted_rows, recording_pipeline, svm_params,
+                               write_finetune_output)
+
+OPTUNA = {"svm.search": "optuna", "svm.optuna.n_trials": 3}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory with a synthetic finetune output and its own MLflow store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tests = write_finetune_output(tmp_path)
+    return tmp_path, tests
+
+
+def _stage_run(tmp_path_factory, name, **overrides):
+    """Run the stage once (recording every fitted row) in its own directory, for several tests to inspect."""
+    root = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        tests = write_finetune_output(root)
+        summary = run_svm(svm_params(**overrides), DATASET, BACKBONE, STRATEGY,
+                          estimator=recording_pipeline(root / "fits.log"))
+    return root, tests, summary
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    return _stage_run(tmp_path_factory, "grid")
+
+
+@pytest.fixture(scope="module")
+def optuna_run(tmp_path_factory):
+    return _stage_run(tmp_path_factory, "optuna", **OPTUNA)
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory):
+    return _stage_run(tmp_path_factory, "paper", protocol="paper")
+
+
+def _features(root, layer, fold):
+    with np.load(root / "runs/phantom/vgg16/15/mlp/features.npz") as stored:
+        return stored[f"{layer}_{fold}"]
+
+
+def _runs(root) -> pd.DataFrame:
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(f"sonotune-{DATASET}")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return pd.DataFrame([{"run_id": r.info.run_id, "status": r.info.status, "parent": r.data.tags.get("mlflow.parentRunId"),
+                          **r.data.tags, **{f"param.{k}": v for k, v in r.data.params.items()},
+                          **{f"metric.{k}": v for k, v in r.data.metrics.items()}} for r in runs])
+
+
+# --- leakage: asserted on the rows every fit saw -------------------------------------------------------------
+
+@pytest.mark.parametrize("stage_run", ["grid_run", "optuna_run"])
+def test_leakage_free_search_never_fits_a_test_fold_row(stage_run, request):
+    root, tests, _ = request.getfixturevalue(stage_run)
+    n = sum(len(t) for t in tests.values())
+    for fold, test in tests.items():
+        seen = fitted_rows(root / "fits.log", _features(root, "pooled", fold))
+        assert seen.isdisjoint(test), f"fold {fold}: fitted on test rows {sorted(seen & set(test))}"
+        # not vacuous: the refit saw every training row of the fold
+        assert seen == set(range(n)) - set(test)
+
+
+def test_paper_protocol_fits_the_test_fold_rows(paper_run):
+    """The recorder does detect a leak: the paper's protocol searches C over every image."""
+    root, tests, _ = paper_run
+    for fold, test in tests.items():
+        assert set(test) <= fitted_rows(root / "fits.log", _features(root, "pooled", fold))
+
+
+def test_dense_layer_is_the_one_used(workdir):
+    root, tests = workdir
+    log = root / "fits.log"
+    run_svm(svm_params(**{"svm.features": "dense"}), DATASET, BACKBONE, STRATEGY, estimator=recording_pipeline(log))
+    assert fitted_rows(log, _features(root, "dense", 0)) and not fitted_rows(log, _features(root, "pooled", 0))
+
+
+# --- outputs ------------------------------------------------------------------------------------------------
+
+def test_grid_outputs_metrics_scores_and_chosen_c(grid_run):
+    root, tests, summary = grid_run
+    metrics = json.loads((root / "runs/phantom/vgg16/15/svm_metrics.json").read_text())
+    assert len(metrics["folds"]) == N_FOLDS and set(metrics["chosen_c"]) <= {0.1, 1.0, 10.0, 100.0}
+    assert metrics["mean"] == summary and summary["auc_mean"] > 0.75  # the synthetic classes are separable-ish
+    oof = pd.read_csv(root / "runs/phantom/vgg16/15/svm/oof.csv")
+    mlp = pd.read_csv(root / "runs/phantom/vgg16/15/mlp/oof.csv")
+    assert oof["path"].tolist() == mlp["path"].tolist() and oof["fold"].tolist() == mlp["fold"].tolist()
+    assert oof["score"].notna().all() and (oof["score"] < 0).any() and (oof["score"] > 0).any()  # decision scores
+    for fold, test in tests.items():
+        assert oof.loc[test, "C"].unique().tolist() == [metrics["chosen_c"][fold]]
+    searched = pd.read_csv(root / "runs/phantom/vgg16/15/svm/c_search.csv")
+    assert len(searched) == 4 * N_FOLDS
+    assert pd.read_csv(root / "runs/phantom/vgg16/15/svm_roc.csv").columns.tolist() == ["fpr", "tpr"]
+    assert not (root / "runs/phantom/vgg16/15/svm/optuna.db").exists()
+    assert (_runs(root)["status"] == "FINISHED").all()
+
+
+def test_paper_protocol_scores_by_cv_over_the_whole_dataset(paper_run):
+    root, _, _ = paper_run
+    metrics = json.loads((root / "runs/phantom/vgg16/15/svm_metrics.json").read_text())
+    n = len(pd.read_csv(root / "runs/phantom/vgg16/15/mlp/oof.csv"))
+    for fold in metrics["folds"]:
+        assert fold["tp"] + fold["fp"] + fold["tn"] + fold["fn"] == n  # every image is scored
+    folds = _runs(root).query("fold != 'all'").sort_values("fold")
+    assert np.allclose(folds["metric.auc"], folds["metric.inner_cv_auc"])  # scored by the search's own CV
+    assert (folds["protocol"] == "paper").all()
+
+
+def test_optuna_default_storage_lands_in_the_stage_output(optuna_run):
+    root, _, _ = optuna_run
+    storage = f"sqlite:///{root / 'runs/phantom/vgg16/15/svm/optuna.db'}"
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    assert names == [f"phantom-vgg16-15-svm-leakage_free-pooled-fold{k}" for k in range(N_FOLDS)]
+    for name in names:
+        assert len(optuna.load_study(study_name=name, storage=storage).trials) == 3
+    searched = pd.read_csv(root / "runs/phantom/vgg16/15/svm/c_search.csv")
+    assert len(searched) == 3 * N_FOLDS and searched["C"].between(1e-4, 100.0).all()
+
+
+# --- Optuna: reproducible and shareable ---------------------------------------------------------------------
+
+def _synthetic_xy(seed=0, n=60, dim=12):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3 == 0
+    x = rng.normal(size=(n, dim)) + 0.8 * y[:, None]
+    return x, y.astype(int), np.arange(n) // 2
+
+
+def test_seeded_optuna_gives_the_same_best_c_twice(tmp_path):
+    x, y, groups = _synthetic_xy()
+    found = []
+    for attempt in range(2):
+        result = optuna_search_c(svm_pipeline(20000, 7), x, y, groups, inner_folds(3, 7), 1e-4, 100.0, 6, seed=7,
+                                 storage=f"sqlite:///{tmp_path / f'study{attempt}.db'}", study_name="c")
+        found.append((result.best_c, result.tried["C"].tolist()))
+    assert found[0] == found[1]
+    other = optuna_search_c(svm_pipeline(20000, 7), x, y, groups, inner_folds(3, 7), 1e-4, 100.0, 6, seed=8,
+                            storage=None, study_name="c")
+    assert other.tried["C"].tolist() != found[0][1]  # the seed, not chance, made them equal
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from sonotune.svm.search import inner_folds, optuna_search_c, svm_pipeline
+    rng = np.random.default_rng(0)
+    y = (np.arange(60) % 3 == 0).astype(int)
+    x = rng.normal(size=(60, 12)) + 0.8 * y[:, None]
+    optuna_search_c(svm_pipeline(20000, 0), x, y, np.arange(60) // 2, inner_folds(3, 0), 1e-4, 100.0,
+                    n_trials=int(sys.argv[2]), seed=int(sys.argv[3]), storage=sys.argv[1], study_name="shared")
+""")
+
+
+def test_two_processes_share_one_sqlite_study(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    optuna.create_study(storage=storage, study_name="shared", direction="maximize")  # as a team would, once
+    env = {"PYTHONPATH": str(ROOT / "src") + ":" + str(ROOT), "PATH": "/usr/bin:/bin"}
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, storage, str(n), str(seed)], env=env,
+                                stderr=subprocess.PIPE, text=True) for n, seed in ((5, 1), (4, 2))]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0, worker.stderr.read()
+    study = optuna.load_study(study_name="shared", storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(study.trials) == len(done) == 9
+
+
+# --- MLflow structure ---------------------------------------------------------------------------------------
+
+def test_mlflow_parent_fold_and_trial_runs(optuna_run):
+    root, _, _ = optuna_run
+    runs = _runs(root)
+    assert (runs["status"] == "FINISHED").all() and (runs["classifier"] == "svm").all()
+    parent = runs[runs["fold"] == "all"]
+    assert len(parent) == 1 and parent["parent"].isna().all()
+    parent_id = parent["run_id"].item()
+    assert parent["optuna_storage"].item().endswith("runs/phantom/vgg16/15/svm/optuna.db")
+    folds = runs[runs["parent"] == parent_id]
+    assert sorted(folds["fold"]) == ["0", "1", "2"] and folds["optuna_trial"].isna().all()
+    assert folds["param.C"].notna().all() and folds["metric.auc"].between(0, 1).all()
+    trials = runs[runs["optuna_trial"].notna()]
+    assert len(trials) == 3 * N_FOLDS
+    assert set(trials["parent"]) == set(folds["run_id"])
+    for fold_id, fold_trials in trials.groupby("parent"):
+        fold = folds.set_index("run_id").loc[fold_id]
+        assert (fold_trials["fold"] == fold["fold"]).all()
+        assert float(fold["param.C"]) in set(fold_trials["param.C"].astype(float))
+        assert fold_trials["metric.inner_cv_auc"].max() == pytest.approx(fold["metric.inner_cv_auc"])
+    for tag in ("dataset", "backbone", "strategy", "protocol", "git_commit", "dvc_exp"):
+        assert runs[tag].notna().all(), tag
+    # the fitted pipeline of each fold, logged with mlflow.sklearn, loads and scores
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name(f"sonotune-{DATASET}").experiment_id
+    models = client.search_logged_models(experiment_ids=[experiment_id])
+    assert sorted(m.source_run_id for m in models) == sorted(folds["run_id"])
+    mlflow.set_tracking_uri(client.tracking_uri)
+    model = mlflow.sklearn.load_model(f"models:/{models[0].model_id}")
+    assert model.named_steps["svc"].C in set(folds["param.C"].astype(float))
+
+
+def test_no_run_is_left_running_when_the_search_fails(workdir):
+    root, _ = workdir
+    bad = svm_pipeline(20000, 0).set_params(svc__loss="not-a-loss")
+    with pytest.raises(ValueError):
+        run_svm(svm_params(), DATASET, BACKBONE, STRATEGY, estimator=bad)
+    assert set(_runs(root)["status"]) == {"FAILED"}
+    assert not (root / "runs/phantom/vgg16/15/svm").exists()
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"svm.c_grid": []}, "svm.c_grid"),
+    ({"svm.c_grid": [1.0, 0.0]}, "svm.c_grid.1"),
+    ({"svm.c_grid": [-1.0]}, "svm.c_grid.0"),
+    ({"svm.optuna": {"n_trials": 0}}, "svm.optuna.n_trials"),
+    ({"svm.optuna": {"c_min": 0.0}}, "svm.optuna.c_min"),
+    ({"svm.optuna": {"c_min": 10.0, "c_max": 1.0}}, "svm.optuna"),
+    ({"svm.search": "random"}, "svm.search"),
+    ({"svm.features": "logits"}, "svm.features"),
+    ({"svm.optuna": {"sampler": "tpe"}}, "svm.optuna.sampler"),
+])
+def test_bad_svm_params_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        svm_params(**overrides)
+    message = str(error.value)
+    assert message.startswith(f"params.yaml: {key}:") and "\n" not in message
+
+
+def test_repo_params_and_paper_config_load():
+    from sonotune.config import load_params
+
+    for path in (ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"):
+        params = load_params(path)
+        assert params.svm.c_grid == [0.1, 1.0, 10.0, 100.0] and params.svm.search == "grid"
+    assert tiny_params()["svm"]["optuna"]["storage"] is None
+
+
+def test_missing_finetune_output_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="run the finetune stage first"):
+        run_svm(svm_params(), DATASET, BACKBONE, STRATEGY)
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # nothing opened before the input was checked
+
+
+def test_missing_feature_layer_names_the_array(workdir):
+    root, _ = workdir
+    path = root / "runs/phantom/vgg16/15/mlp/features.npz"
+    with np.load(path) as stored:
+        kept = {k: stored[k] for k in stored.files if not k.startswith("dense")}
+    np.savez(path, **kept)
+    with pytest.raises(DataError, match="no array 'dense_0'"):
+        run_svm(svm_params(**{"svm.features": "dense"}), DATASET, BACKBONE, STRATEGY)
+
+
+def test_cli_reports_a_bad_svm_key_in_one_line(tmp_path):
+    params = tiny_params(**{"svm.optuna.n_trials": 0})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "-m", "sonotune.cli", "svm", "--dataset", DATASET, "--backbone", BACKBONE,
+                             "--strategy", str(STRATEGY)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sonotune svm: error: params.yaml: svm.optuna.n_trials: Input should be greater than or equal to 1 (got 0)"]
+    assert not (tmp_path / "mlruns").exists()
