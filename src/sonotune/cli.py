@@ -122,6 +122,8 @@ def cmd_predict(args) -> None:
     print(f"wrote {len(predictions)} predictions to {args.out}"
           + (f", Grad-CAM overlays to {gradcam}/" if gradcam else "")
           + (f"; skipped {len(skipped)} unreadable input(s)" if skipped else ""))
+    for _, reason in skipped:
+        print(f"sonotune predict: skipped {reason}", file=sys.stderr)
     if skipped:
         raise SystemExit(2)
 

@@ -2,8 +2,8 @@
 
 MODEL_URI is anything MLflow resolves (`models:/sonotune-busi@champion`, `models:/NAME/3`, `runs:/<id>/model`,
 a local folder) naming a model logged by `sonotune deploy`. IMAGES are files or folders (searched recursively
-for image files). Each image is decoded once here (an unreadable one is reported on stderr and skipped), then
-scored in batches; the CSV has one row per scored image: path, probability (of malignant), predicted_label,
+for image files). Each image is decoded once here (an unreadable one is skipped and reported, one line each on
+stderr, after the run; the exit status is then 2), then scored in batches; the CSV has one row per scored image: path, probability (of malignant), predicted_label,
 threshold (and decision for the SVM head; gradcam, the overlay's path, with --gradcam).
 """
 
@@ -68,7 +68,6 @@ def _decode(paths: list[Path], skipped: list[tuple[Path, str]]) -> tuple[list[Pa
             kept.append(path)
         except DataError as exc:
             skipped.append((path, str(exc)))
-            tqdm.write(f"sonotune predict: skipped {exc}")
     return kept, images
 
 
@@ -110,7 +109,10 @@ def run_predict(uri: str, inputs: list[str], out: Path, gradcam_dir: Path | None
     model = load_image_model(uri)
     predictions, skipped = predict_files(model, paths, gradcam_dir, alpha)
     if predictions.empty:
-        raise DataError(f"none of the {len(paths)} inputs is a readable image; nothing written")
+        if len(skipped) == 1:
+            raise DataError(skipped[0][1])
+        raise DataError(f"none of the {len(paths)} inputs is a readable image (first: {skipped[0][1]}); "
+                        "nothing written")
     out.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(out, index=False)
     return predictions, skipped
