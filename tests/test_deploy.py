@@ -174,12 +174,26 @@ def test_mlflow_models_serve_answers_over_http(store):
         assert row["probability"] == pytest.approx(expected, abs=1e-5)
         assert row["predicted_label"] in ("benign", "malignant") and row["threshold"] == 0.5
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-    time.sleep(1)
-    with pytest.raises(ProcessLookupError):  # no worker of the server's process group is left
-        os.killpg(server.pid, 0)
+        _stop_group(server)
+    assert not _group_alive(server.pid)  # no worker of the server's process group is left
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop_group(server: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM the server's process group (mlflow + its uvicorn worker), SIGKILL what outlives `grace` s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if _group_alive(server.pid):
+            os.killpg(server.pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (server.poll() is None or _group_alive(server.pid)):
+            time.sleep(0.5)
+        if not _group_alive(server.pid):
+            break
+    server.wait()
