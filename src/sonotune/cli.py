@@ -1,6 +1,6 @@
 """`sonotune <command>`: thin command-line wrappers over the stage functions.
 
-Commands: phantom, prepare, inspect, finetune, svm, report, strategies. A user error (bad params, bad data) prints one
+Commands: phantom, prepare, inspect, finetune, svm, report, strategies, deploy, promote, predict. A user error (bad params, bad data) prints one
 line to stderr and exits with status 2.
 """
 
@@ -91,6 +91,69 @@ def cmd_strategies(args) -> None:
     print(strategy_table(args.input_size))
 
 
+def cmd_deploy(args) -> None:
+    from sonotune.config import load_params
+    from sonotune.deploy import deploy
+
+    params = load_params(args.params)
+    _deterministic()
+    result = deploy(params, args.dataset, args.backbone, args.strategy, args.classifier)
+    print(f"logged {result['model_uri']}, registered as {result['name']} version {result['version']}; "
+          f"`sonotune promote {result['name']} {result['version']}` makes it models:/{result['name']}@"
+          f"{params.deploy.alias}")
+
+
+def cmd_promote(args) -> None:
+    from sonotune.config import Deploy, load_params
+    from sonotune.deploy import promote
+
+    alias = args.alias or (load_params(args.params).deploy if Path(args.params).is_file() else Deploy()).alias
+    version = promote(args.name, args.version, alias)
+    print(f"models:/{args.name}@{alias} -> version {version}")
+
+
+def cmd_predict(args) -> None:
+    from sonotune.config import Gradcam, load_params
+    from sonotune.predict import run_predict
+
+    alpha = (load_params(args.params).gradcam if Path(args.params).is_file() else Gradcam()).alpha
+    gradcam = Path(args.gradcam) if args.gradcam else None
+    predictions, skipped = run_predict(args.model_uri, args.images, Path(args.out), gradcam, alpha)
+    print(f"wrote {len(predictions)} predictions to {args.out}"
+          + (f", Grad-CAM overlays to {gradcam}/" if gradcam else "")
+          + (f"; skipped {len(skipped)} unreadable input(s)" if skipped else ""))
+    for _, reason in skipped:
+        print(f"sonotune predict: skipped {reason}", file=sys.stderr)
+    if skipped:
+        raise SystemExit(2)
+
+
+def add_use_parsers(sub) -> None:
+    """deploy, promote, predict: the commands that turn a configuration into a model and use it."""
+    deploy = sub.add_parser("deploy", help="refit a configuration on all its data, log and register the model")
+    deploy.add_argument("--params", default="params.yaml")
+    deploy.add_argument("--dataset", required=True)
+    deploy.add_argument("--backbone", required=True)
+    deploy.add_argument("--strategy", type=int, required=True)
+    deploy.add_argument("--classifier", choices=("mlp", "svm"), default="mlp")
+    deploy.set_defaults(func=cmd_deploy)
+
+    promote = sub.add_parser("promote", help="point a registry alias (deploy.alias, e.g. champion) at a version")
+    promote.add_argument("name", help="registered model name, e.g. sonotune-phantom")
+    promote.add_argument("version", nargs="?", help="version (default: the one with the best cv_auc_mean tag)")
+    promote.add_argument("--alias", help="alias to set (default: deploy.alias of --params)")
+    promote.add_argument("--params", default="params.yaml", help="read deploy.alias from here, if the file exists")
+    promote.set_defaults(func=cmd_promote)
+
+    predict = sub.add_parser("predict", help="malignancy probabilities (and Grad-CAM overlays) for new images")
+    predict.add_argument("model_uri", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, …")
+    predict.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    predict.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
+    predict.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM overlay PNG per image to DIR")
+    predict.add_argument("--params", default="params.yaml", help="read gradcam.alpha from here, if the file exists")
+    predict.set_defaults(func=cmd_predict)
+
+
 def add_inspect_parser(sub) -> None:
     from sonotune.data.inspection import KINDS
 
@@ -140,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     strategies = sub.add_parser("strategies", help="frozen/trainable layer counts per backbone and strategy")
     strategies.add_argument("--input-size", type=int, default=None)
     strategies.set_defaults(func=cmd_strategies)
+    add_use_parsers(sub)
     return parser
 
 

@@ -154,6 +154,17 @@ class Report(Section):
     log_to_mlflow: bool = True
 
 
+class Deploy(Section):
+    threshold: Fraction = 0.5  # malignant when the deployed model's probability >= threshold
+    registered_model: Annotated[str, Field(min_length=1)] | None = None  # registry name; null: sonotune-<dataset>
+    alias: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")] = "champion"  # set by `sonotune promote`
+
+
+class Gradcam(Section):
+    study_images: Annotated[int, Field(ge=0, le=32)] = 2  # overlays logged per fold run (first test images)
+    alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.4  # opacity of the heat map at its hottest
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)] = 42
     protocol: Literal["leakage_free", "paper"] = "leakage_free"
@@ -164,6 +175,8 @@ class Params(Section):
     finetune: Finetune = Finetune()
     svm: Svm = Svm()
     report: Report = Report()
+    deploy: Deploy = Deploy()
+    gradcam: Gradcam = Gradcam()
 
     @model_validator(mode="after")
     def _study_names_exist(self) -> "Params":

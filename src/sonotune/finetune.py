@@ -27,6 +27,7 @@ from sonotune import tracking
 from sonotune.config import Params, flatten
 from sonotune.cv import Fold, fold_plan
 from sonotune.data.manifest import label_vector, manifest_digest
+from sonotune.gradcam import log_study_overlays
 from sonotune.metrics import METRIC_NAMES, binary_metrics, summarize
 from sonotune.models.backbones import check_backbone, create_backbone, get_spec
 from sonotune.models.head import HeadConfig, build_classifier, feature_model, inference_copy
@@ -133,7 +134,7 @@ def _log_fold_curves_and_figures(fold: Fold, history: dict, result: FoldResult, 
 
 
 def run_fold(params: Params, backbone: str, strategy: int, x, y, fold: Fold, parent, store: FoldStore,
-             best_so_far: FoldResult | None) -> FoldResult:
+             best_so_far: FoldResult | None, images=None) -> FoldResult:
     """Train, predict, log and persist one fold; the record is written only after its MLflow run is closed."""
     import mlflow
 
@@ -153,6 +154,9 @@ def run_fold(params: Params, backbone: str, strategy: int, x, y, fold: Fold, par
             pooled=activations["pooled"].astype(np.float32), dense=activations["dense"].astype(np.float32),
         )
         _log_fold_curves_and_figures(fold, history, result, y[fold.test])
+        if images is not None and params.gradcam.study_images:  # Grad-CAM of the first test images (gradcam.py)
+            log_study_overlays(model, backbone, x, images, fold.test[:params.gradcam.study_images], y,
+                               params.gradcam.alpha)
         if params.finetune.log_models == "all":
             tracking.log_keras_model(inference_copy(model), x[:2])
         result.seconds = time.perf_counter() - started
@@ -261,7 +265,7 @@ def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> 
             if fold.index in results:
                 continue
             best = _best_fold(monitor, list(results.values())) if results else None
-            results[fold.index] = run_fold(params, backbone, strategy, x, y, fold, parent, store, best)
+            results[fold.index] = run_fold(params, backbone, strategy, x, y, fold, parent, store, best, images)
             tqdm.write(fold_line(results[fold.index], params.finetune.epochs))
             bar.update()
             keras.backend.clear_session()

@@ -38,6 +38,12 @@ def load_square(path: Path, size: int, resize: str = "stretch") -> np.ndarray:
             rgb = to_rgb_uint8(image)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from None
+    return square(rgb, size, resize)
+
+
+def square(rgb: Image.Image, size: int, resize: str = "stretch") -> np.ndarray:
+    """An RGB image as a (size, size, 3) uint8 array under the resize policy (the cache's and the deployed
+    model's one resize step)."""
     if resize == "pad":
         rgb = ImageOps.pad(rgb, (size, size), method=Image.Resampling.BILINEAR, color=(0, 0, 0))
     else:

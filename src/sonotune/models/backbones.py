@@ -29,6 +29,7 @@ class BackboneSpec:
     layer_count: int  # len(model.layers) with include_top=False
     min_size: int = 32
     table2: dict[int, int] = field(default_factory=dict)  # strategy % -> frozen layer count (paper, Table 2)
+    gradcam_layer: str = ""  # the last convolutional block's output: the feature maps Grad-CAM weighs
 
     def preprocess(self) -> Callable:
         import keras
@@ -41,24 +42,24 @@ BACKBONES: dict[str, BackboneSpec] = {
     for spec in (
         BackboneSpec(
             "vgg16", "VGG16", "vgg16", 224, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", 19,
-            table2={0: 19, 15: 16, 25: 14, 50: 10, 75: 5, 85: 3, 100: 0},
+            table2={0: 19, 15: 16, 25: 14, 50: 10, 75: 5, 85: 3, 100: 0}, gradcam_layer="block5_conv3",
         ),
         BackboneSpec(
             "vgg19", "VGG19", "vgg19", 224, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", 22,
-            table2={0: 22, 15: 19, 25: 16, 50: 11, 75: 6, 85: 4, 100: 0},
+            table2={0: 22, 15: 19, 25: 16, 50: 11, 75: 6, 85: 4, 100: 0}, gradcam_layer="block5_conv4",
         ),
         BackboneSpec(
             "resnet50", "ResNet50", "resnet", 224, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", 175,
-            table2={0: 175, 15: 149, 25: 131, 50: 88, 75: 44, 85: 26, 100: 0},
+            table2={0: 175, 15: 149, 25: 131, 50: 88, 75: 44, 85: 26, 100: 0}, gradcam_layer="conv5_block3_out",
         ),
         BackboneSpec(
             "resnet101", "ResNet101", "resnet", 224, "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            345, table2={0: 345, 15: 293, 25: 259, 50: 173, 75: 86, 85: 52, 100: 0},
+            345, table2={0: 345, 15: 293, 25: 259, 50: 173, 75: 86, 85: 52, 100: 0}, gradcam_layer="conv5_block3_out",
         ),
         BackboneSpec(
             "inceptionv3", "InceptionV3", "inception_v3", 299,
             "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", 311, min_size=75,
-            table2={0: 311, 15: 264, 25: 233, 50: 156, 75: 78, 85: 47, 100: 0},
+            table2={0: 311, 15: 264, 25: 233, 50: 156, 75: 78, 85: 47, 100: 0}, gradcam_layer="mixed10",
         ),
     )
 }

@@ -1,0 +1,152 @@
+"""Grad-CAM (Selvaraju et al. 2017): where in an image the fine-tuned backbone found its evidence.
+
+For a classifier built by `models.head.build_classifier`, the maps are computed on the backbone's last
+convolutional block (`BackboneSpec.gradcam_layer`): the gradient of a target score with respect to that
+block's feature maps, averaged over space, weighs the maps; their ReLU'd sum, scaled to [0, 1] and resized to
+the image's own size, is the heat map. Targets:
+- MLP head: the malignant log-odds `log p1 − log p0`, which equals the difference of the two pre-softmax
+  logits (the score the Grad-CAM paper differentiates) and does not saturate like the probability does;
+- SVM head: the linear SVM's decision value, written as a differentiable function of the Keras features
+  (`svm_target`), so the map explains the SVM, not the MLP head it replaced.
+
+Gradients use `tf.GradientTape`: Keras 3 has no backend-neutral gradient API, and TensorFlow is the supported
+backend of this project (on JAX or PyTorch this module raises a clear error). Used by `sonotune predict
+--gradcam DIR` and by the finetune stage (overlays of `gradcam.study_images` test images per fold).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from sonotune.errors import ConfigError
+
+EPS = 1e-7
+
+
+def layer_for(backbone: str, classifier) -> str:
+    """The registry's Grad-CAM layer for `backbone`, else the classifier's last Conv2D layer."""
+    import keras
+
+    from sonotune.models.backbones import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    if spec is not None and spec.gradcam_layer:
+        return spec.gradcam_layer
+    spatial = [layer.name for layer in classifier.layers if isinstance(layer, keras.layers.Conv2D)]
+    if not spatial:
+        raise ConfigError(f"{backbone}: no convolutional layer to compute Grad-CAM on")
+    return spatial[-1]
+
+
+def mlp_target(outputs: dict):
+    """Malignant log-odds from the softmax head (= logit difference)."""
+    import keras
+
+    p = outputs["probabilities"]
+    return keras.ops.log(p[:, 1] + EPS) - keras.ops.log(p[:, 0] + EPS)
+
+
+def svm_target(pipeline, features: str) -> Callable:
+    """The decision value of a fitted StandardScaler → LinearSVC pipeline, as a function of the Keras features."""
+    import keras
+
+    scaler, svc = pipeline.named_steps["scale"], pipeline.named_steps["svc"]
+    mean = np.asarray(scaler.mean_, dtype=np.float32)
+    scale = np.asarray(scaler.scale_, dtype=np.float32)
+    weights = np.asarray(svc.coef_[0], dtype=np.float32)
+    bias = float(svc.intercept_[0])
+
+    def target(outputs: dict):
+        standardized = (outputs[features] - mean) / scale
+        return keras.ops.sum(standardized * weights, axis=-1) + bias
+
+    return target
+
+
+def _require_tensorflow():
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ConfigError(f"Grad-CAM needs the TensorFlow backend of Keras (KERAS_BACKEND is "
+                          f"'{keras.backend.backend()}')")
+    import tensorflow as tf
+
+    return tf
+
+
+def gradcam_maps(classifier, layer: str, x: np.ndarray, target: Callable = mlp_target,
+                 batch_size: int = 16) -> np.ndarray:
+    """Grad-CAM maps (n, h, w) in [0, 1] at the layer's resolution for preprocessed images `x`.
+
+    A map is all zeros only when no location raises the target (then there is nothing to show).
+    """
+    import keras
+
+    tf = _require_tensorflow()
+    model = keras.Model(classifier.inputs, {
+        "conv": classifier.get_layer(layer).output,
+        "probabilities": classifier.outputs[0],
+        "pooled": classifier.get_layer("pooled").output,
+        "dense": classifier.get_layer("dense_features").output,
+    })
+    maps = []
+    for start in range(0, len(x), batch_size):
+        batch = tf.convert_to_tensor(np.asarray(x[start:start + batch_size], dtype=np.float32))
+        with tf.GradientTape() as tape:
+            outputs = model(batch, training=False)
+            score = target(outputs)
+        conv = outputs["conv"]
+        grads = tape.gradient(score, conv)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1)).numpy()
+        peak = cam.max(axis=(1, 2), keepdims=True)
+        maps.append(np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0))
+    return np.concatenate(maps).astype(np.float32)
+
+
+def resize_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A map resized (bilinear) to height × width, kept in [0, 1]."""
+    resized = Image.fromarray(cam.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """The image (H×W or H×W×3 uint8) with the heat map (H×W in [0, 1]) blended over it in the jet colormap."""
+    from matplotlib import colormaps
+
+    rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
+    colours = colormaps["jet"](heat)[..., :3] * 255
+    # weight the colour by the heat too, so cold regions leave the B-mode image readable
+    weight = alpha * heat[..., None]
+    return np.clip(rgb * (1 - weight) + colours * weight, 0, 255).astype(np.uint8)
+
+
+def save_overlay(path: Path, image: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay(image, heat, alpha)).save(path)
+    return path
+
+
+def log_study_overlays(classifier, backbone: str, x: np.ndarray, images: np.ndarray, rows: np.ndarray,
+                       y: np.ndarray, alpha: float = 0.4) -> None:
+    """Log Grad-CAM overlays of images `rows` (MLP head) to the active MLflow run, under `gradcam/`.
+
+    `x` holds the preprocessed inputs, `images` the same images as uint8 (what the overlay is drawn on).
+    """
+    from sonotune.tracking import artifact_dir  # logs the folder to the active run on exit
+
+    if len(rows) == 0:
+        return
+    maps = gradcam_maps(classifier, layer_for(backbone, classifier), x[rows])
+    probabilities = classifier.predict(x[rows], verbose=0)[:, 1]
+    with artifact_dir() as tmp:
+        for row, cam, probability in zip(rows, maps, probabilities):
+            image = np.asarray(images[row])
+            label = "malignant" if y[row] == 1 else "benign"
+            save_overlay(tmp / "gradcam" / f"image{row:05d}_{label}_p{probability:.2f}.png", image,
+                         resize_map(cam, *image.shape[:2]), alpha)

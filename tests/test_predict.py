@@ -1,0 +1,99 @@
+"""The deployed model's input contract and `predict`'s file handling, on a real tiny Keras model (no MLflow):
+every raw form of one image gives the same probability, unreadable files are reported and skipped, bad
+paths fail with one line."""
+
+import base64
+import io
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from sonotune.data.phantom import write_phantom
+from sonotune.deploy import ImageModel, ModelConfig, as_image_list, to_rgb_image
+from sonotune.errors import DataError
+from sonotune.models.backbones import create_backbone
+from sonotune.models.head import HeadConfig, build_classifier, inference_copy
+from sonotune.predict import collect_images, predict_files
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    keras.utils.set_random_seed(0)
+    classifier = build_classifier(create_backbone("vgg16", 32, None), HeadConfig(dense_units=8))
+    config = ModelConfig("phantom", "vgg16", 0, "mlp", input_size=32, resize="stretch", threshold=0.5)
+    yield ImageModel(inference_copy(classifier), config)
+    keras.backend.clear_session()
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom(root, 3, 3, 64, seed=1)
+    return root
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_every_raw_form_of_an_image_gives_the_same_probability(tiny_model, tmp_path):
+    grey = np.random.default_rng(0).integers(0, 256, size=(45, 70), dtype=np.uint8)
+    path = tmp_path / "scan.png"
+    Image.fromarray(grey).save(path)
+    forms = [grey, grey[..., None], np.repeat(grey[..., None], 3, axis=-1), str(path), path, _png_bytes(grey),
+             base64.b64encode(_png_bytes(grey)).decode(), (grey.astype(np.uint16) * 257)]
+    probabilities = tiny_model.predict_images(forms)["probability"].to_numpy()
+    np.testing.assert_allclose(probabilities, probabilities[0], rtol=0, atol=1e-6)
+
+
+def test_rgba_is_composited_on_black_and_sizes_do_not_matter(tiny_model):
+    rgb = np.random.default_rng(1).integers(0, 256, size=(20, 90, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, np.full((20, 90, 1), 255, np.uint8)], axis=-1)
+    frame = tiny_model.predict_images([rgb, rgba])
+    assert frame["probability"].iloc[0] == pytest.approx(frame["probability"].iloc[1], abs=1e-6)
+    assert set(frame.columns) == {"probability", "predicted_label", "threshold"}
+    assert ((frame["probability"] >= 0.5) == (frame["predicted_label"] == "malignant")).all()
+
+
+@pytest.mark.parametrize("bad", [b"not an image", "bm90IGFuIGltYWdl", np.zeros((4, 4, 2), np.uint8)])
+def test_what_is_not_an_image_is_a_data_error(bad):
+    with pytest.raises(DataError, match="not an image|H×W"):
+        to_rgb_image(bad)
+
+
+def test_pyfunc_inputs_are_read_from_dataframes_lists_and_single_arrays():
+    import pandas as pd
+
+    image = np.zeros((5, 5), np.uint8)
+    assert as_image_list(pd.DataFrame({"image": ["a", "b"]})) == ["a", "b"]
+    assert as_image_list(pd.DataFrame({"path": ["p"]})) == ["p"]
+    assert len(as_image_list(image)) == 1 and len(as_image_list([image, image])) == 2
+    assert as_image_list({"image": ["x"]}) == ["x"] and as_image_list("one.png") == ["one.png"]
+
+
+def test_folders_are_searched_recursively_and_bad_paths_fail(phantom_dir, tmp_path):
+    found = collect_images([str(phantom_dir)])
+    assert len(found) == 6 and found == sorted(found)
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match="no image files in this folder"):
+        collect_images([str(tmp_path / "empty")])
+    with pytest.raises(DataError, match="no such file or folder"):
+        collect_images([str(tmp_path / "missing.png")])
+
+
+def test_unreadable_files_are_skipped_and_the_rest_scored_with_overlays(tiny_model, phantom_dir, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG but truncated")
+    paths = collect_images([str(phantom_dir), str(broken)])
+    frame, skipped = predict_files(tiny_model, paths, gradcam_dir=tmp_path / "cams", batch=4)
+    assert [p for p, _ in skipped] == [broken]
+    assert "not an image" in skipped[0][1]
+    assert frame["path"].tolist() == [str(p) for p in paths if p != broken]
+    assert len({*frame["gradcam"]}) == 6  # unique names although benign/ and malignant/ could share stems
+    for overlay, path in zip(frame["gradcam"], frame["path"]):
+        assert Image.open(overlay).size == Image.open(path).size
