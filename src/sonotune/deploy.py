@@ -203,15 +203,15 @@ def calibrated_svm(params, features: np.ndarray, y: np.ndarray, groups: np.ndarr
     values (`ensemble=False`: one pipeline, refit on everything, plus one sigmoid). Returns (model, C, inner AUC)."""
     from sklearn.base import clone
     from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.model_selection import StratifiedGroupKFold
+    from sonotune.svm.search import inner_folds, svm_pipeline
+    from sonotune.svm.stage import search_c
 
-    from sonotune.svm import fit_c_search
-
-    search = fit_c_search(params, features, y, groups)
-    inner = StratifiedGroupKFold(n_splits=params.svm.inner_splits, shuffle=True, random_state=params.seed)
+    estimator = svm_pipeline(params.svm.max_iter, params.seed)
+    search = search_c(params, estimator, features, y, groups, name="deploy", storage=None)
+    inner = inner_folds(params.svm.inner_splits, params.seed)
     splits = list(inner.split(features, y, groups))  # precomputed: CalibratedClassifierCV routes no groups
-    model = CalibratedClassifierCV(clone(search.best_estimator_), method="sigmoid", cv=splits, ensemble=False)
-    return model.fit(features, y), float(search.best_params_["svc__C"]), float(search.best_score_)
+    model = CalibratedClassifierCV(clone(search.estimator), method="sigmoid", cv=splits, ensemble=False)
+    return model.fit(features, y), search.best_c, search.inner_auc
 
 
 def refit(params, dataset: str, backbone: str, strategy: int, classifier: str):
