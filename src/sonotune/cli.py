@@ -1,6 +1,6 @@
 """`sonotune <command>`: thin command-line wrappers over the stage functions.
 
-Commands: phantom, prepare, inspect, finetune, svm, report, strategies. A user error (bad params, bad data) prints one
+Commands: phantom, prepare, inspect, finetune, svm, report, strategies, server, queue. A user error (bad params, bad data) prints one
 line to stderr and exits with status 2.
 """
 
@@ -60,7 +60,15 @@ def cmd_inspect(args) -> None:
     print(f"inspected in {time.perf_counter() - start:.1f} s")
 
 
+def _require_tracking() -> None:
+    """Fail fast (one line naming the URI) when the tracking server is down, before data or models load."""
+    from sonotune import team, tracking
+
+    team.check_tracking(tracking.tracking_uri())
+
+
 def cmd_finetune(args) -> None:
+    _require_tracking()
     from sonotune.config import load_params
     from sonotune.finetune import run_finetune
 
@@ -71,6 +79,7 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_svm(args) -> None:
+    _require_tracking()
     from sonotune.config import load_params
     from sonotune.svm import run_svm
 
@@ -89,6 +98,62 @@ def cmd_strategies(args) -> None:
     from sonotune.models.strategies import strategy_table
 
     print(strategy_table(args.input_size))
+
+
+def cmd_server(args) -> None:
+    from sonotune import team
+
+    command = team.server_command(Path(args.store), args.host, args.port, args.backend_store_uri,
+                                  args.artifacts_destination, args.workers, args.basic_auth)
+    Path(args.store).mkdir(parents=True, exist_ok=True)
+    if args.host != team.LOOPBACK and not args.basic_auth:
+        print(f"warning: listening on {args.host} without authentication: anyone who reaches this port can read and "
+              f"delete runs (README: Working as a team → Security)", file=sys.stderr)
+    print(f"MLflow tracking server on http://{args.host}:{args.port} — teammates: "
+          f"export MLFLOW_TRACKING_URI=http://<this host>:{args.port}", flush=True)
+    # MLflow's job runner (GenAI evaluation jobs) adds seven worker processes the study never uses
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    os.execvp(command[0], command)  # the server replaces this process: signals reach it directly
+
+
+def cmd_queue(args) -> None:
+    import subprocess
+
+    from sonotune import team, tracking
+    from sonotune.config import load_params
+
+    team.require_server_for_queue(tracking.tracking_uri())
+    commands = team.queue_commands(load_params(args.params), args.prefix)
+    if args.jobs:
+        commands.append(["dvc", "queue", "start", "--jobs", str(args.jobs)])
+    for command in commands:
+        if subprocess.run(command).returncode != 0:  # DVC has printed why
+            raise SonotuneError(f"`{' '.join(command)}` failed")
+    print("follow with: dvc queue status | dvc queue logs NAME | dvc exp show")
+
+
+def add_team_parsers(sub) -> None:
+    from sonotune import team
+
+    server = sub.add_parser("server", help="run a local MLflow tracking server for the team (127.0.0.1 by default)")
+    server.add_argument("--store", default="mlflow-server", help="folder of the SQLite store and artifacts")
+    server.add_argument("--host", default=team.LOOPBACK,
+                        help="interface to bind (default loopback; put authentication in front before 0.0.0.0)")
+    server.add_argument("--port", type=int, default=team.DEFAULT_PORT)
+    server.add_argument("--backend-store-uri", help="SQLAlchemy URL of the runs' store, e.g. postgresql://… "
+                        "(default: SQLite in --store)")
+    server.add_argument("--artifacts-destination", help="where the server keeps artifacts, e.g. s3://bucket/mlflow "
+                        "(default: --store/artifacts)")
+    server.add_argument("--workers", type=int, default=1)
+    server.add_argument("--basic-auth", action="store_true",
+                        help="MLflow's basic-auth app (first start needs MLFLOW_AUTH_ADMIN_PASSWORD)")
+    server.set_defaults(func=cmd_server)
+
+    queue = sub.add_parser("queue", help="queue one DVC experiment per configuration of the study grid")
+    queue.add_argument("--params", default="params.yaml")
+    queue.add_argument("--jobs", "-j", type=int, default=0, help="also start N queue workers (dvc queue start -j N)")
+    queue.add_argument("--prefix", default="", help="prefix of the experiment names <dataset>-<backbone>-<strategy>")
+    queue.set_defaults(func=cmd_queue)
 
 
 def add_inspect_parser(sub) -> None:
@@ -132,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = stage("prepare", cmd_prepare, help="manifest and image cache of one dataset")
     prepare.add_argument("--strict", action="store_true", help="stop at the first bad image instead of excluding it")
     add_inspect_parser(sub)
+    add_team_parsers(sub)
     for name, func in (("finetune", cmd_finetune), ("svm", cmd_svm)):
         command = stage(name, func, help=f"run the {name} stage for one configuration")
         command.add_argument("--backbone", required=True)
