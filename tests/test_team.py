@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from sonotune import team
@@ -117,6 +118,25 @@ def test_server_command_defaults_to_loopback_and_proxied_artifacts(tmp_path):
     assert team.server_command(tmp_path, basic_auth=True)[-2:] == ["--app-name", "basic-auth"]
 
 
+def test_basic_auth_server_keeps_anonymous_clients_out(tmp_path):
+    store, secret = tmp_path / "server", "correct-horse-battery"
+    with mlflow_server(store, extra=["--basic-auth"], env=project_env(MLFLOW_AUTH_ADMIN_PASSWORD=secret)) as uri:
+        team.check_tracking_server(uri)  # /health stays public: the stages' preflight works behind auth
+        create = f"{uri}/api/2.0/mlflow/experiments/create"
+        assert requests.post(create, json={"name": "anonymous"}, timeout=30).status_code == 401
+        assert requests.post(create, json={"name": "team"}, auth=("admin", "wrong"), timeout=30).status_code == 401
+        assert requests.post(create, json={"name": "team"}, auth=("admin", secret), timeout=30).status_code == 200
+    assert (store / "basic_auth.db").exists()  # the user database lives with the server's store
+    assert secret not in (store / "server.log").read_text() + (store / "basic_auth.ini").read_text()
+
+
+def test_basic_auth_first_start_needs_the_admin_password(tmp_path):
+    env = project_env()
+    env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
+    result, _ = _sonotune(["server", "--store", str(tmp_path), "--basic-auth"], tmp_path, env)
+    assert result.returncode == 2 and "MLFLOW_AUTH_ADMIN_PASSWORD" in result.stderr
+
+
 # --- end to end: real dvc repro / dvc exp queue against real mlflow servers ---------------------------------
 
 @pytest.mark.e2e
@@ -160,7 +180,7 @@ def test_remote_carries_the_study_to_a_second_clone(tmp_path):
     second = tmp_path / "second"
     run(["git", "clone", "-q", str(first), str(second)], tmp_path)
     assert not (second / "runs").exists()
-    run(["dvc", "pull"], second)
+    run(["dvc", "pull", "dvc.yaml"], second)  # the pipeline's outputs (data.dvc's real datasets are not pushed here)
     oof = "runs/phantom/vgg16/0/mlp/oof.csv"
     assert (second / oof).read_bytes() == (first / oof).read_bytes()
     repro = run(["dvc", "repro"], second).stdout

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from sonotune.config import Params
 from sonotune.errors import ConfigError, SonotuneError
+
+if TYPE_CHECKING:  # the stages' preflight imports this module: keep it light (it must fail in seconds)
+    from sonotune.config import Params
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 5000
-HEALTH_TIMEOUT_S = 3.0  # per connect and per read: an unreachable server fails a stage within ~6 s
+HEALTH_TIMEOUT_S = 2.0  # per connect and per read: an unreachable server fails a stage within ~4 s
 SERVER_SCHEMES = ("http", "https")
 
 
@@ -100,6 +103,7 @@ def server_command(
     artifacts: str | None = None,
     workers: int = 1,
     basic_auth: bool = False,
+    allowed_hosts: str | None = None,
 ) -> list[str]:
     """The `mlflow server` command line: runs in `backend_uri` (default SQLite `store/mlflow.db`), artifacts
     proxied to `artifacts` (default `store/artifacts`), listening on host:port."""
@@ -112,7 +116,25 @@ def server_command(
     ]
     if basic_auth:
         command += ["--app-name", "basic-auth"]
+    if allowed_hosts:
+        command += ["--allowed-hosts", allowed_hosts]
     return command
+
+
+def write_auth_config(store: Path) -> Path:
+    """An MLflow basic-auth config keeping its user database in `store` (MLflow's default is the server's cwd).
+
+    No password in it: MLflow creates the admin user on first start from MLFLOW_AUTH_ADMIN_PASSWORD."""
+    store = store.resolve()
+    path = store / "basic_auth.ini"
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{store / 'basic_auth.db'}\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return path
 
 
 def grid_experiments(params: Params) -> list[tuple[str, list[str]]]:
