@@ -101,28 +101,17 @@ def cmd_strategies(args) -> None:
 
 
 def cmd_server(args) -> None:
-    import secrets
-
     from sonotune import team
 
-    command = team.server_command(Path(args.store), args.host, args.port, args.backend_store_uri,
-                                  args.artifacts_destination, args.workers, args.basic_auth,
-                                  args.allowed_hosts)
-    Path(args.store).mkdir(parents=True, exist_ok=True)
+    store = Path(args.store)
+    command = team.server_command(store, args.host, args.port, args.backend_store_uri, args.artifacts_destination,
+                                  args.workers, args.basic_auth, args.allowed_hosts)
+    os.environ.update(team.server_environment(store, args.basic_auth))
     if args.host != team.LOOPBACK and not args.basic_auth:
         print(f"warning: listening on {args.host} without authentication: anyone who reaches this port can read and "
               f"delete runs (README: Working as a team → Security)", file=sys.stderr)
     print(f"MLflow tracking server on http://{args.host}:{args.port} — teammates: "
           f"export MLFLOW_TRACKING_URI=http://<this host>:{args.port}", flush=True)
-    if args.basic_auth and "MLFLOW_AUTH_CONFIG_PATH" not in os.environ:
-        if not (Path(args.store) / "basic_auth.db").exists() and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
-            raise SonotuneError("--basic-auth: the first start creates the user `admin` with the password in "
-                                "MLFLOW_AUTH_ADMIN_PASSWORD; set it in the environment (not on the command line)")
-        os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(team.write_auth_config(Path(args.store)))
-        # signs the UI's CSRF tokens; several servers behind one address must share one (set it yourself)
-        os.environ.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
-    # MLflow's job runner (GenAI evaluation jobs) adds seven worker processes the study never uses
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execvp(command[0], command)  # the server replaces this process: signals reach it directly
 
 

@@ -16,6 +16,7 @@ Three pieces, all thin over MLflow's and DVC's own tools (README "Working as a t
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -80,7 +81,10 @@ def check_tracking_server(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
 def in_queued_copy() -> bool:
     """True inside a `dvc exp run --queue` experiment: DVC runs it in a temporary copy, not in DVC_ROOT."""
     root = os.environ.get("DVC_ROOT")
-    return bool(root) and Path(root).resolve() != Path.cwd().resolve()
+    if not root:
+        return False
+    root, cwd = Path(root).resolve(), Path.cwd().resolve()
+    return not cwd.is_relative_to(root) or cwd.is_relative_to(root / ".dvc")  # copies live in .dvc/tmp/exps
 
 
 def check_tracking(uri: str) -> None:
@@ -135,6 +139,22 @@ def write_auth_config(store: Path) -> Path:
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
     return path
+
+
+def server_environment(store: Path, basic_auth: bool) -> dict[str, str]:
+    """Environment for `mlflow server`: its job runner off and, with basic auth, the config kept in `store`."""
+    # MLflow's job runner (GenAI evaluation jobs) adds seven worker processes the study never uses
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+    store.mkdir(parents=True, exist_ok=True)
+    if not basic_auth or "MLFLOW_AUTH_CONFIG_PATH" in os.environ:
+        return env
+    if not (store / "basic_auth.db").exists() and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+        raise ConfigError("--basic-auth: the first start creates the user `admin` with the password in "
+                          "MLFLOW_AUTH_ADMIN_PASSWORD; set it in the environment (not on the command line)")
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(write_auth_config(store))
+    # signs the UI's CSRF tokens; several servers behind one address must share one (set it yourself)
+    env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)
+    return env
 
 
 def grid_experiments(params: Params) -> list[tuple[str, list[str]]]:
