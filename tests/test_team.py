@@ -185,7 +185,7 @@ def test_remote_carries_the_study_to_a_second_clone(tmp_path):
     assert (second / oof).read_bytes() == (first / oof).read_bytes()
     repro = run(["dvc", "repro"], second).stdout
     assert "Running stage" not in repro, repro
-    assert "Data and pipelines are up to date" in run(["dvc", "status"], second).stdout
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "dvc.yaml"], second).stdout
 
 
 def _worker_pids(repo: Path) -> list[int]:
