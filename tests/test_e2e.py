@@ -62,6 +62,6 @@ def test_dvc_repro_tiny_study(tiny_repo):
     assert "Running stage" not in again
 
     # changing a finetune param reruns finetune, svm and report, not prepare
-    exp = run(["dvc", "exp", "run", "-S", "finetune.learning_rate=0.001"], tiny_repo).stdout
+    exp = run(["dvc", "exp", "run", "-S", "finetune.learning_rate=0.0005"], tiny_repo).stdout
     assert "Running stage 'finetune@phantom-vgg16-0'" in exp and "Running stage 'finetune@phantom-vgg16-15'" in exp
     assert "Running stage 'prepare" not in exp
