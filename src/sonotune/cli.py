@@ -1,7 +1,7 @@
 """`sonotune <command>`: thin command-line wrappers over the stage functions.
 
-Commands: phantom, prepare, inspect, finetune, svm, report, strategies, deploy, promote, predict. A user error (bad params, bad data) prints one
-line to stderr and exits with status 2.
+Commands: phantom, prepare, inspect, finetune, svm, report, strategies, deploy, promote, predict, server, queue.
+A user error (bad params, bad data) prints one line to stderr and exits with status 2.
 """
 
 from __future__ import annotations
@@ -60,7 +60,15 @@ def cmd_inspect(args) -> None:
     print(f"inspected in {time.perf_counter() - start:.1f} s")
 
 
+def _require_tracking() -> None:
+    """Fail fast (one line naming the URI) when the tracking server is down, before data or models load."""
+    from sonotune import team, tracking
+
+    team.check_tracking(tracking.tracking_uri())
+
+
 def cmd_finetune(args) -> None:
+    _require_tracking()
     from sonotune.config import load_params
     from sonotune.finetune import run_finetune
 
@@ -71,6 +79,7 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_svm(args) -> None:
+    _require_tracking()
     from sonotune.config import load_params
     from sonotune.svm import run_svm
 
@@ -82,7 +91,10 @@ def cmd_report(args) -> None:
     from sonotune.config import load_params
     from sonotune.report import run_report
 
-    print(run_report(load_params(args.params)))
+    params = load_params(args.params)
+    if params.report.log_to_mlflow:
+        _require_tracking()
+    print(run_report(params))
 
 
 def cmd_strategies(args) -> None:
@@ -92,6 +104,7 @@ def cmd_strategies(args) -> None:
 
 
 def cmd_deploy(args) -> None:
+    _require_tracking()
     from sonotune.config import load_params
     from sonotune.deploy import deploy
 
@@ -154,6 +167,62 @@ def add_use_parsers(sub) -> None:
     predict.set_defaults(func=cmd_predict)
 
 
+def cmd_server(args) -> None:
+    from sonotune import team
+
+    store = Path(args.store)
+    command = team.server_command(store, args.host, args.port, args.backend_store_uri, args.artifacts_destination,
+                                  args.workers, args.basic_auth, args.allowed_hosts)
+    os.environ.update(team.server_environment(store, args.basic_auth))
+    if args.host != team.LOOPBACK and not args.basic_auth:
+        print(f"warning: listening on {args.host} without authentication: anyone who reaches this port can read and "
+              f"delete runs (README: Working as a team → Security)", file=sys.stderr)
+    print(f"MLflow tracking server on http://{args.host}:{args.port} — teammates: "
+          f"export MLFLOW_TRACKING_URI=http://<this host>:{args.port}", flush=True)
+    os.execvp(command[0], command)  # the server replaces this process: signals reach it directly
+
+
+def cmd_queue(args) -> None:
+    import subprocess
+
+    from sonotune import team, tracking
+    from sonotune.config import load_params
+
+    team.require_server_for_queue(tracking.tracking_uri())
+    commands = team.queue_commands(load_params(args.params), args.prefix)
+    if args.jobs:
+        commands.append(["dvc", "queue", "start", "--jobs", str(args.jobs)])
+    for command in commands:
+        if subprocess.run(command).returncode != 0:  # DVC has printed why
+            raise SonotuneError(f"`{' '.join(command)}` failed")
+    print("follow with: dvc queue status | dvc queue logs NAME | dvc exp show")
+
+
+def add_team_parsers(sub) -> None:
+    from sonotune import team
+
+    server = sub.add_parser("server", help="run a local MLflow tracking server for the team (127.0.0.1 by default)")
+    server.add_argument("--store", default="mlflow-server", help="folder of the SQLite store and artifacts")
+    server.add_argument("--host", default=team.LOOPBACK,
+                        help="interface to bind (default loopback; put authentication in front before 0.0.0.0)")
+    server.add_argument("--port", type=int, default=team.DEFAULT_PORT)
+    server.add_argument("--backend-store-uri", help="SQLAlchemy URL of the runs' store, e.g. postgresql://… "
+                        "(default: SQLite in --store)")
+    server.add_argument("--artifacts-destination", help="where the server keeps artifacts, e.g. s3://bucket/mlflow "
+                        "(default: --store/artifacts)")
+    server.add_argument("--workers", type=int, default=1)
+    server.add_argument("--basic-auth", action="store_true",
+                        help="MLflow's basic-auth app (first start needs MLFLOW_AUTH_ADMIN_PASSWORD)")
+    server.add_argument("--allowed-hosts", help="Host headers to accept once exposed, e.g. mlflow.example.org")
+    server.set_defaults(func=cmd_server)
+
+    queue = sub.add_parser("queue", help="queue one DVC experiment per configuration of the study grid")
+    queue.add_argument("--params", default="params.yaml")
+    queue.add_argument("--jobs", "-j", type=int, default=0, help="also start N queue workers (dvc queue start -j N)")
+    queue.add_argument("--prefix", default="", help="prefix of the experiment names <dataset>-<backbone>-<strategy>")
+    queue.set_defaults(func=cmd_queue)
+
+
 def add_inspect_parser(sub) -> None:
     from sonotune.data.inspection import KINDS
 
@@ -195,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = stage("prepare", cmd_prepare, help="manifest and image cache of one dataset")
     prepare.add_argument("--strict", action="store_true", help="stop at the first bad image instead of excluding it")
     add_inspect_parser(sub)
+    add_team_parsers(sub)
     for name, func in (("finetune", cmd_finetune), ("svm", cmd_svm)):
         command = stage(name, func, help=f"run the {name} stage for one configuration")
         command.add_argument("--backbone", required=True)

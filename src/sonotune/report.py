@@ -463,8 +463,18 @@ def summary_text(params: Params, results: pd.DataFrame, table: pd.DataFrame, bes
                   f"(AUC {top.auc_mean:.3f} [{top.auc_low:.2f}, {top.auc_high:.2f}]).",
               f"Files: reports/table3.md, table4.md ({t4_strategy} %), comparisons.csv, figures/.",
               mlflow_note,
-              f"Browse the runs: mlflow ui --backend-store-uri {tracking.tracking_uri()}"]
+              browse_line()]
     return "\n".join(lines) + "\n"
+
+
+def browse_line() -> str:
+    """How to see the runs: the local store through `mlflow ui`, or the team server's address (password masked)."""
+    from sonotune import team
+
+    uri = tracking.tracking_uri()
+    if team.is_server(uri):
+        return f"Browse the runs: {team.redact(uri)}"
+    return f"Browse the runs: mlflow ui --backend-store-uri {uri}"
 
 
 def run_report(params: Params) -> str:
