@@ -241,7 +241,7 @@ def test_tiny_pipeline_against_a_real_mlflow_server(tmp_path, mlflow_server):
 
     repo = copy_repo(tmp_path / "repo", tiny_params())
     out = run(["dvc", "repro"], repo, env=project_env(MLFLOW_TRACKING_URI=mlflow_server)).stdout
-    assert "intervals added to 4 parent runs" in out and f"--backend-store-uri {mlflow_server}" in out
+    assert "intervals added to 4 parent runs" in out and f"Browse the runs: {mlflow_server}\n" in out
     assert not (repo / "mlruns" / "mlflow.db").exists()
 
     mlflow.set_tracking_uri(mlflow_server)
