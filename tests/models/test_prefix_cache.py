@@ -16,7 +16,8 @@ from sonotune.finetune import train_fold
 from sonotune.models.backbones import BACKBONES
 from sonotune.models.head import feature_model
 from sonotune.models.prefix_cache import (
-    ActivationStore, DEFAULT_STORE, find_cut, fit_with_prefix_cache, predict_with_prefix_cache,
+    ActivationStore, DEFAULT_STORE, DEFAULT_SUFFIXES, SuffixPool, find_cut, fit_with_prefix_cache,
+    predict_with_prefix_cache, structure_signature,
 )
 from tests.conftest import tiny_params
 
@@ -80,6 +81,40 @@ def test_a_cache_hit_trains_like_a_miss():
     again = _train("resnet50", 15, 32, True, x, y, fold)
     assert DEFAULT_STORE.hits >= hits + 2
     _assert_same(full, again)
+
+
+def test_later_folds_reuse_the_compiled_suffix_and_train_like_the_full_model():
+    """Folds 0 and 1 (different seeds: other head weights, dropout draws and shuffles) through one compiled
+    suffix match the full model fold by fold, and training fold 1 leaves fold 0's model untouched."""
+    x, y, fold0 = _data(32, n=16)
+    fold1 = Fold(index=1, fit=np.arange(4, 16), val=np.arange(4), test=np.arange(4))
+    full = [_train("vgg16", 15, 32, False, x, y, fold) for fold in (fold0, fold1)]
+    DEFAULT_SUFFIXES.clear()
+    params = _params(32, True)
+    model0 = train_fold(params, "vgg16", 15, x, y, fold0)[0]
+    predict_with_prefix_cache(feature_model(model0), x, 8)
+    trained0 = [keras.ops.convert_to_numpy(w).copy() for w in model0.weights]
+    hits = DEFAULT_SUFFIXES.hits
+    cached1 = _train("vgg16", 15, 32, True, x, y, fold1)
+    assert DEFAULT_SUFFIXES.hits >= hits + 2  # fold 1's training and its feature extraction reused fold 0's
+    for before, after in zip(trained0, model0.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), before)
+    np.testing.assert_array_equal(trained0[-1], full[0][0][-1])  # fold 0's own result, bit for bit here
+    _assert_same(full[1], cached1)
+
+
+def test_the_structure_signature_ignores_names_but_not_shapes_or_frozen_layers():
+    keras.utils.set_random_seed(0)
+    first, second = _residual_model(), _residual_model()  # same structure, auto-generated names differ
+    assert first.layers[-1].name != second.layers[-1].name
+    assert structure_signature(first) == structure_signature(second)
+    second.get_layer("trainable_conv").trainable = False
+    assert structure_signature(first) != structure_signature(second)
+    assert structure_signature(first, {"optimizer": "adam"}) != structure_signature(first, {"optimizer": "sgd"})
+    pool = SuffixPool(capacity=1)
+    borrowed = pool.borrow(first, first.get_compile_config())
+    assert borrowed is not first and pool.borrow(_residual_model(), first.get_compile_config()) is borrowed
+    keras.backend.clear_session()
 
 
 def _residual_model(dropout_first: bool = False):

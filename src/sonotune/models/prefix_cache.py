@@ -14,9 +14,15 @@ and `fit_with_prefix_cache` trains the suffix on the cached activations with the
 configuration. Batches, shuffling (same sample count, same seed) and Dropout draws (the same layer's seed
 generator, the same number of steps) match the full model's `fit`, so the trained weights match it up to
 float rounding; when the cut is useless or absent (nothing frozen, nothing trainable) it falls back to the
-full model's `fit` and logs why. Nothing needs copying back: after training, the original model holds the
-trained weights and predicts, extracts features and saves as before. `predict_with_prefix_cache` runs any
-model over the same layers (e.g. a feature-extraction model) from the cached activations.
+full model's `fit` and logs why. `predict_with_prefix_cache` runs any model over the same layers (e.g. a
+feature-extraction model) from the cached activations.
+
+Compiled suffixes are reused: every fold of a study builds a model of the same structure, and tracing or
+XLA-compiling its train step costs seconds per fold (most of a fold's time on a GPU). `SuffixPool` keeps one
+compiled copy per structure (the suffix's configuration with names canonicalised, plus the compile
+configuration): a fold loads its own variables into the copy (weights, BatchNorm statistics, Dropout seed
+state), resets the optimizer to its freshly built state, trains, and copies every variable back, so after
+`fit_with_prefix_cache` the original model holds the trained weights exactly as if it had been fitted itself.
 
 Memory: activations stay in RAM up to `ram_budget_bytes` (default a quarter of physical memory), beyond
 that in an `np.memmap` in a temporary folder; the store keeps one entry (one study's folds share it; the
@@ -26,11 +32,13 @@ next study's frozen part replaces it) so a sweep's memory stays flat.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +68,12 @@ def _is_constant_layer(layer) -> bool:
     if getattr(layer, "_call_has_training_arg", True) or getattr(layer, "_seed_generators", None):
         return False  # behaves differently under fit (dropout, noise, augmentation, nested models)
     return True
+
+
+def tensor_identity(tensor) -> tuple[str, int, int]:
+    """(producing layer's name, node index, output index): stable across folds, unlike a KerasTensor's name."""
+    operation, node_index, tensor_index = tensor._keras_history
+    return operation.name, node_index, tensor_index
 
 
 def _topological_nodes(model):
@@ -93,7 +107,7 @@ def find_cut(model) -> tuple[list, list, str | None]:
         if id(tensor) in constant and id(tensor) not in seen:
             seen.add(id(tensor))
             cut.append(tensor)
-    cut.sort(key=lambda t: t.name)  # order-free: a feature model over the same layers finds the same key
+    cut.sort(key=tensor_identity)  # order-free: a feature model over the same layers finds the same key
     input_ids = {id(t) for t in model.inputs}
     if all(id(t) in constant for t in model.outputs):
         return cut, frozen, "no layer can change during fit (nothing to train)"
@@ -121,6 +135,89 @@ def build_suffix(cut: list, outputs):
     return keras.Model(list(cut), outputs)
 
 
+# ---------------------------------------------------------------- compiled suffixes, reused across folds
+
+
+def _canonical(value, names: dict[str, str]):
+    """A model config with layer names replaced by their position, so same-structure models compare equal."""
+    if isinstance(value, dict):
+        return {k: names.get(v, v) if k == "name" and isinstance(v, str) else _canonical(v, names)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if len(value) == 3 and isinstance(value[0], str) and all(isinstance(v, int) for v in value[1:]):
+            return [names.get(value[0], value[0]), *value[1:]]  # keras_history / input_layers reference
+        return [_canonical(v, names) for v in value]
+    return value
+
+
+def structure_signature(model, compile_config: dict | None = None) -> str:
+    """Everything a compiled train/predict step depends on: layers, their configs and wiring, compile config."""
+    names = {layer.name: f"#{i}" for i, layer in enumerate(model.layers)}
+    config = _canonical({k: v for k, v in model.get_config().items() if k != "name"}, names)
+    compile_config = dict(compile_config or {})
+    optimizer = compile_config.get("optimizer")
+    if isinstance(optimizer, dict) and isinstance(optimizer.get("config"), dict):  # "adam_3": a counter, not math
+        compile_config["optimizer"] = optimizer | {"config": {**optimizer["config"], "name": None}}
+    return json.dumps([config, compile_config], sort_keys=True, default=repr)
+
+
+def copy_variables(source, target) -> None:
+    """Assign every variable (weights, BN statistics, seed states) of `source`'s layers to `target`'s layers."""
+    for source_layer, target_layer in zip(source.layers, target.layers, strict=True):
+        for source_var, target_var in zip(source_layer.variables, target_layer.variables, strict=True):
+            target_var.assign(source_var.value)
+
+
+class SuffixPool:
+    """Compiled copies of suffix models, one per structure, so the folds of a study trace/compile once.
+
+    `borrow(suffix, compile_config)` returns a model of the same structure whose variables hold `suffix`'s
+    values and whose optimizer is in its freshly built state; `give_back` copies the variables to `suffix`.
+    The copy is a clone (own layers): a fold's model is never changed by another fold's training.
+    """
+
+    def __init__(self, capacity: int = 2):
+        self.capacity = capacity
+        self.entries: OrderedDict[str, tuple[object, list]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def borrow(self, suffix, compile_config: dict | None = None):
+        import keras
+
+        signature = structure_signature(suffix, compile_config)
+        if signature in self.entries:
+            self.hits += 1
+            self.entries.move_to_end(signature)
+            model, optimizer_state = self.entries[signature]
+        else:
+            self.misses += 1
+            model = keras.models.clone_model(suffix)
+            optimizer_state = []
+            if compile_config is not None:
+                model.compile(**keras.saving.deserialize_keras_object(compile_config))
+                model.optimizer.build(model.trainable_variables)
+                optimizer_state = [keras.ops.copy(v.value) for v in model.optimizer.variables]
+            self.entries[signature] = (model, optimizer_state)
+            while len(self.entries) > self.capacity:
+                self.entries.popitem(last=False)
+        copy_variables(suffix, model)
+        if compile_config is not None:
+            for variable, value in zip(model.optimizer.variables, optimizer_state, strict=True):
+                variable.assign(value)
+        return model
+
+    @staticmethod
+    def give_back(borrowed, suffix) -> None:
+        copy_variables(borrowed, suffix)
+
+
+DEFAULT_SUFFIXES = SuffixPool()
+
+
 # ---------------------------------------------------------------- fingerprints and the activation store
 
 
@@ -142,7 +239,7 @@ def prefix_key(split: PrefixSplit, x: np.ndarray) -> str:
         digest.update(f"{type(layer).__name__}:{layer.name}".encode())
         for weight in layer.weights:
             digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
-    digest.update(repr([(t.name, tuple(t.shape)) for t in split.cut]).encode())
+    digest.update(repr([(tensor_identity(t), tuple(t.shape)) for t in split.cut]).encode())
     return digest.hexdigest()
 
 
@@ -213,31 +310,36 @@ def _inputs(arrays: list[np.ndarray], index=None):
 
 
 def fit_with_prefix_cache(model, x, y, fit_index, val_index, store: ActivationStore | None = None,
-                          compile_overrides: dict | None = None, **fit_kwargs):
+                          compile_overrides: dict | None = None, suffixes: SuffixPool | None = None,
+                          **fit_kwargs):
     """`model.fit(x[fit_index], y[fit_index], validation_data=(x[val_index], y[val_index]), **fit_kwargs)`,
     computed on the cached frozen prefix when exact; returns the History. `compile_overrides` (e.g.
-    steps_per_execution, jit_compile) apply to the suffix's compile only."""
-    import keras
-
+    steps_per_execution, jit_compile) apply to the suffix's compile only; the compiled suffix comes from
+    `suffixes` (default: a module-wide pool), so later folds of the same structure skip tracing."""
     store = DEFAULT_STORE if store is None else store
+    suffixes = DEFAULT_SUFFIXES if suffixes is None else suffixes
     split, reason = split_model(model)
     if split is None:
         log.warning("prefix cache: training the full model (%s)", reason)
         return model.fit(x[fit_index], y[fit_index], validation_data=(x[val_index], y[val_index]), **fit_kwargs)
     arrays = store.get(split, x)
     suffix = build_suffix(split.cut, model.outputs)
-    config = keras.saving.deserialize_keras_object(model.get_compile_config())
-    suffix.compile(**(config | (compile_overrides or {})))
-    return suffix.fit(_inputs(arrays, fit_index), y[fit_index],
-                      validation_data=(_inputs(arrays, val_index), y[val_index]), **fit_kwargs)
+    trainer = suffixes.borrow(suffix, model.get_compile_config() | (compile_overrides or {}))
+    try:
+        return trainer.fit(_inputs(arrays, fit_index), y[fit_index],
+                           validation_data=(_inputs(arrays, val_index), y[val_index]), **fit_kwargs)
+    finally:
+        suffixes.give_back(trainer, suffix)
 
 
-def predict_with_prefix_cache(model, x, batch_size: int, store: ActivationStore | None = None):
+def predict_with_prefix_cache(model, x, batch_size: int, store: ActivationStore | None = None,
+                              suffixes: SuffixPool | None = None):
     """`model.predict(x, batch_size)` from the cached prefix activations (e.g. a feature model over the
     trained layers: its frozen part is the one the training cached). Same output structure as predict."""
     import keras
 
     store = DEFAULT_STORE if store is None else store
+    suffixes = DEFAULT_SUFFIXES if suffixes is None else suffixes
     split, reason = split_model(model)
     if split is None:
         log.info("prefix cache: predicting with the full model (%s)", reason)
@@ -248,7 +350,8 @@ def predict_with_prefix_cache(model, x, batch_size: int, store: ActivationStore 
     computed = [t for t in flat_outputs if id(t) not in by_id]
     results = {}
     if computed:
-        predicted = build_suffix(split.cut, computed).predict(_inputs(arrays), batch_size=batch_size, verbose=0)
+        predictor = suffixes.borrow(build_suffix(split.cut, computed))
+        predicted = predictor.predict(_inputs(arrays), batch_size=batch_size, verbose=0)
         results = dict(zip(map(id, computed), predicted if isinstance(predicted, list) else [predicted]))
     values = [np.asarray(by_id[id(t)]) if id(t) in by_id else results[id(t)] for t in flat_outputs]
     return keras.tree.pack_sequence_as(model._outputs_struct, values)
