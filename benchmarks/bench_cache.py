@@ -1,7 +1,8 @@
 """Benchmark of the exact frozen-prefix cache: the same k-fold study, paper-style full-model fit vs cached.
 
-Run `make bench` (CPU-sized default, about 15 min on 2 cores) or, for the issue's full size,
-`python benchmarks/bench_cache.py --images 128 --epochs 10`; on a GPU `benchmarks/gpu_bench.sh`.
+Run `make bench` (ResNet50, 224 px, 128 images, 10 epochs, 5 folds, then a 20-configuration RSS sweep: about
+35 min on 2 cores; `BENCH_ARGS="--images 40 --epochs 4 --sweep-repeats 1"` for a quick look); on a GPU
+`benchmarks/gpu_bench.sh`.
 Needs only numpy + keras (+ the sonotune package on PYTHONPATH), so it runs under KERAS_BACKEND=jax too.
 
 Per (backbone, strategy) the study is: per fold, seed, build backbone + the paper's head (frozen weights from
@@ -124,8 +125,9 @@ class Study:
                                              restore_best_weights=True)
         return dict(epochs=self.args.epochs, batch_size=self.args.batch, shuffle=True, verbose=0, callbacks=[best])
 
-    def run(self, strategy: int, cached: bool, store=None, compile_overrides=None) -> dict:
+    def run(self, strategy: int, cached: bool, store=None, compile_overrides=None, suffixes=None) -> dict:
         """Time the whole k-fold study; returns seconds per phase and the fold AUC-free summary."""
+        suffixes = pc.SuffixPool() if suffixes is None else suffixes  # one compiled suffix shared by the folds
         times = {"build": 0.0, "fit": 0.0, "predict": 0.0, "prefix": 0.0}
         n_steps = 0
         for index, (fit, val, _test) in enumerate(self.folds):
@@ -136,7 +138,8 @@ class Study:
             if cached:
                 misses = store.misses
                 history = pc.fit_with_prefix_cache(model, self.x, self.onehot, fit, val, store=store,
-                                                   compile_overrides=compile_overrides, **self.fit_kwargs())
+                                                   compile_overrides=compile_overrides, suffixes=suffixes,
+                                                   **self.fit_kwargs())
                 if store.misses > misses:
                     times["prefix"] += store.last_extract_s
             else:
@@ -146,7 +149,8 @@ class Study:
             n_steps += len(history.history["loss"]) * -(-len(fit) // self.args.batch)
             start = time.perf_counter()
             if cached:
-                pc.predict_with_prefix_cache(feature_model(model), self.x, self.args.predict_batch, store=store)
+                pc.predict_with_prefix_cache(feature_model(model), self.x, self.args.predict_batch, store=store,
+                                             suffixes=suffixes)
             else:
                 feature_model(model).predict(self.x, batch_size=self.args.predict_batch, verbose=0)
             times["predict"] += time.perf_counter() - start
@@ -178,10 +182,13 @@ def profile_suffix(study: Study, strategy: int, store) -> list[tuple[str, float]
             config["optimizer"] = optimizer
         suffix.compile(**(config | overrides))
         inputs = pc._inputs(arrays, fit)
+        start = time.perf_counter()
         suffix.fit(inputs, study.onehot[fit], epochs=1, batch_size=b, verbose=0)  # trace + warm up
+        first_epoch = time.perf_counter() - start
         start = time.perf_counter()
         suffix.fit(inputs, study.onehot[fit], epochs=epochs, batch_size=b, verbose=0, shuffle=True)
         per_step = (time.perf_counter() - start) / (epochs * -(-len(fit) // b))
+        trace = first_epoch - per_step * -(-len(fit) // b)
         suffix.predict(inputs, batch_size=b, verbose=0)
         start = time.perf_counter()
         for _ in range(epochs):
@@ -190,12 +197,13 @@ def profile_suffix(study: Study, strategy: int, store) -> list[tuple[str, float]
         n_params = sum(int(np.prod(w.shape)) for w in suffix.trainable_weights)
         keras.backend.clear_session()
         gc.collect()
-        return per_step, forward, n_params
+        return per_step, forward, n_params, trace
 
-    adam, forward, n_params = timed_fit()
-    sgd, _, _ = timed_fit(optimizer=keras.optimizers.SGD(1e-4))
-    spe, _, _ = timed_fit(steps_per_execution=16)
+    adam, forward, n_params, trace = timed_fit()
+    sgd, _, _, _ = timed_fit(optimizer=keras.optimizers.SGD(1e-4))
+    spe, _, _, _ = timed_fit(steps_per_execution=16)
     rows.append((f"trainable parameters (suffix + head)", n_params))
+    rows.append(("trace/compile of a new suffix's train step (SuffixPool saves it on later folds), s", trace))
     rows.append(("forward only (predict step), ms", forward * 1e3))
     rows.append(("train step, SGD, ms", sgd * 1e3))
     rows.append(("train step, Adam (fit default), ms", adam * 1e3))
@@ -204,7 +212,7 @@ def profile_suffix(study: Study, strategy: int, store) -> list[tuple[str, float]
     rows.append(("train step, Adam, steps_per_execution=16, ms", spe * 1e3))
     rows.append(("  -> per-step Python/dispatch overhead ≈ default − spe16, ms", (adam - spe) * 1e3))
     try:
-        xla, _, _ = timed_fit(jit_compile=True)
+        xla, _, _, _ = timed_fit(jit_compile=True)
         rows.append(("train step, Adam, jit_compile=True (XLA), ms", xla * 1e3))
     except Exception as error:  # noqa: BLE001 - report, do not abort the benchmark
         rows.append((f"jit_compile=True failed: {type(error).__name__}", float("nan")))
@@ -237,8 +245,8 @@ def parse_args(argv=None):
     parser.add_argument("--backbones", nargs="+", default=["resnet50"])
     parser.add_argument("--strategies", nargs="+", type=int, default=[15, 0])
     parser.add_argument("--size", type=int, default=224, help="input px of the headline study")
-    parser.add_argument("--images", type=int, default=40, help="images in the headline study")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--images", type=int, default=128, help="images in the headline study")
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4, help="training batch (the paper: 4)")
     parser.add_argument("--predict-batch", type=int, default=64)
@@ -250,7 +258,9 @@ def parse_args(argv=None):
     parser.add_argument("--sweep-strategies", nargs="*", type=int, default=[0, 15])
     parser.add_argument("--sweep-size", type=int, default=75)
     parser.add_argument("--sweep-images", type=int, default=24)
-    parser.add_argument("--sweep-repeats", type=int, default=1, help="2: compare each configuration with itself")
+    parser.add_argument("--sweep-repeats", type=int, default=2, help="2: compare each configuration with itself")
+    parser.add_argument("--dtype-policy", default="float32",
+                        help="e.g. mixed_bfloat16: both paths in that policy (changes the math; not the default)")
     return parser.parse_args(argv)
 
 
@@ -262,7 +272,8 @@ def table(rows, header) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    print(f"backend={keras.backend.backend()} keras={keras.__version__} cpus={os.cpu_count()} "
+    keras.config.set_dtype_policy(args.dtype_policy)
+    print(f"dtype_policy={args.dtype_policy} backend={keras.backend.backend()} keras={keras.__version__} cpus={os.cpu_count()} "
           f"images={args.images} size={args.size} folds={args.folds} epochs={args.epochs} batch={args.batch}",
           flush=True)
     weights_dir = tempfile.mkdtemp(prefix="bench-weights-")

@@ -44,7 +44,7 @@ def _train(backbone, strategy, size, prefix_cache, x, y, fold):
         features = predict_with_prefix_cache(feature_model(model), x, 8)
     else:
         features = feature_model(model).predict(x, batch_size=8, verbose=0)
-    weights = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
+    weights = [keras.ops.convert_to_numpy(w.value).copy() for w in model.weights]
     keras.backend.clear_session()
     return weights, history, best_epoch, features
 
@@ -93,12 +93,12 @@ def test_later_folds_reuse_the_compiled_suffix_and_train_like_the_full_model():
     params = _params(32, True)
     model0 = train_fold(params, "vgg16", 15, x, y, fold0)[0]
     predict_with_prefix_cache(feature_model(model0), x, 8)
-    trained0 = [keras.ops.convert_to_numpy(w).copy() for w in model0.weights]
+    trained0 = [keras.ops.convert_to_numpy(w.value).copy() for w in model0.weights]
     hits = DEFAULT_SUFFIXES.hits
     cached1 = _train("vgg16", 15, 32, True, x, y, fold1)
     assert DEFAULT_SUFFIXES.hits >= hits + 2  # fold 1's training and its feature extraction reused fold 0's
     for before, after in zip(trained0, model0.weights, strict=True):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), before)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(after.value), before)
     np.testing.assert_array_equal(trained0[-1], full[0][0][-1])  # fold 0's own result, bit for bit here
     _assert_same(full[1], cached1)
 
@@ -163,7 +163,7 @@ def test_activations_beyond_the_ram_budget_go_to_a_memmap_with_the_same_result(t
         fit_with_prefix_cache(model, x, y, np.arange(6), np.arange(6, 8), store=store, epochs=2, batch_size=2,
                               verbose=0)
         assert isinstance(store.arrays[0], np.memmap) == (budget == 0)
-        results.append([keras.ops.convert_to_numpy(w) for w in model.weights])
+        results.append([keras.ops.convert_to_numpy(w.value) for w in model.weights])
         store.clear()
         keras.backend.clear_session()
     assert not list(tmp_path.iterdir())  # the spilled files went with the entry
