@@ -289,7 +289,7 @@ def main(argv=None) -> None:
                 cached = study.run(strategy, cached=True, store=store)
             ratio = naive["total"] / cached["total"]
             fit_images = sum(len(f) for f, _, _ in study.folds) * args.epochs
-            rows.append((backbone, f"{strategy} %", f"{naive['total']:.1f}", f"{cached['total']:.1f}", f"{ratio:.1f}×",
+            rows.append((backbone, f"{strategy} %", f"{naive['total']:.1f}", f"{cached['total']:.1f}", f"{ratio:.2f}×",
                          f"{cached['prefix']:.1f} / {cached['fit']:.1f} / {cached['predict']:.1f} / "
                          f"{cached['build']:.1f}",
                          f"{fit_images / naive['fit']:.1f} / {fit_images / cached['fit']:.1f}",

@@ -1,7 +1,11 @@
-"""Where each stage writes, relative to the repository root (the paths dvc.yaml declares)."""
+"""Where each stage writes, relative to the repository root (the paths dvc.yaml declares), and how a folder
+output is written: built beside its target and swapped in last (`staged_dir`), never half-written."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 RUNS_ROOT = Path("runs")
@@ -23,3 +27,19 @@ def metrics_file(dataset: str, backbone: str, strategy: int, classifier: str) ->
 
 def roc_file(dataset: str, backbone: str, strategy: int, classifier: str) -> Path:
     return config_dir(dataset, backbone, strategy) / f"{classifier}_roc.csv"
+
+
+@contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """A fresh `.<name>.staging` folder beside `target` to write into; on success it replaces `target`
+    (one rename), on any error it is removed and `target` is left as it was."""
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sonotune.layout import config_dir, metrics_file, roc_file, stage_dir
+from sonotune.layout import config_dir, metrics_file, roc_file, stage_dir, staged_dir
 from sonotune.plots import roc_points
 
 CLASS_NAMES = np.array(["benign", "malignant"])
@@ -33,17 +33,12 @@ def write_stage_outputs(dataset, backbone, strategy, classifier, oof: pd.DataFra
                         files: dict[str, Path] | None = None) -> None:
     """Write the stage's folder (oof.csv [+ features.npz] [+ `files`, name -> existing file moved in]),
     metrics JSON and ROC CSV, folder last-moved."""
-    out_dir = stage_dir(dataset, backbone, strategy, classifier)
-    staging = out_dir.with_name(f".{out_dir.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    oof.to_csv(staging / "oof.csv", index=False)
-    if arrays:
-        np.savez(staging / "features.npz", **arrays)
-    for name, path in (files or {}).items():
-        shutil.move(path, staging / name)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    with staged_dir(stage_dir(dataset, backbone, strategy, classifier)) as staging:
+        oof.to_csv(staging / "oof.csv", index=False)
+        if arrays:
+            np.savez(staging / "features.npz", **arrays)
+        for name, path in (files or {}).items():
+            shutil.move(path, staging / name)
     metrics = {"mean": summary, "folds": per_fold} | (extra or {})
     metrics_file(dataset, backbone, strategy, classifier).write_text(json.dumps(metrics, indent=2) + "\n")
     roc_points(oof["y"], oof["score"]).to_csv(roc_file(dataset, backbone, strategy, classifier), index=False)

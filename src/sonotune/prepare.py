@@ -15,7 +15,6 @@ size, and the arrays are keyed by (dataset, size, resize policy, manifest digest
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from sonotune.data.manifest import (
 from sonotune.data.report import data_report
 from sonotune.data.sources import collect_records
 from sonotune.errors import DataError
+from sonotune.layout import staged_dir
 from sonotune.models.backbones import get_spec
 
 PREPARED_ROOT = Path("prepared")
@@ -80,10 +80,7 @@ def prepare_dataset(params: Params, dataset: str, root: Path = PREPARED_ROOT, st
         raise DataError(f"datasets.{dataset}: not defined in params (defined: {', '.join(sorted(params.datasets))})")
     source = params.datasets[dataset]
     target = root / dataset
-    staging = root / f".{dataset}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_dir(target) as staging:
         manifest = scan_dataset(source, staging, params.seed, params.prepare.near_duplicate_distance,
                                 params.prepare.label_conflicts, params.prepare.strict if strict is None else strict)
         check_study_ready(manifest, params.cv.n_splits, f"datasets.{dataset}")
@@ -93,11 +90,6 @@ def prepare_dataset(params: Params, dataset: str, root: Path = PREPARED_ROOT, st
         manifest.to_csv(staging / "manifest.csv", index=False)
         report = data_report(manifest)
         _write_cache(staging, dataset, params, paths, report["digest"])
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
     (root / f"{dataset}.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

@@ -164,9 +164,11 @@ def structure_signature(model, compile_config: dict | None = None) -> str:
 
 def copy_variables(source, target) -> None:
     """Assign every variable (weights, BN statistics, seed states) of `source`'s layers to `target`'s layers."""
+    import keras
+
     for source_layer, target_layer in zip(source.layers, target.layers, strict=True):
         for source_var, target_var in zip(source_layer.variables, target_layer.variables, strict=True):
-            target_var.assign(source_var.value)
+            target_var.assign(keras.ops.copy(source_var.value))  # own buffer: JAX's fit donates (deletes) it
 
 
 class SuffixPool:
@@ -208,7 +210,7 @@ class SuffixPool:
         copy_variables(suffix, model)
         if compile_config is not None:
             for variable, value in zip(model.optimizer.variables, optimizer_state, strict=True):
-                variable.assign(value)
+                variable.assign(keras.ops.copy(value))
         return model
 
     @staticmethod
