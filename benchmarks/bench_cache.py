@@ -226,7 +226,7 @@ def extraction_batches(study: Study, strategy: int, batches=(4, 32, 64)) -> list
     split, _ = pc.split_model(model)
     for batch in batches:
         store = pc.ActivationStore()
-        store.get(split, study.x[:8], batch_size=batch)  # trace
+        store.get(split, study.x[:batch], batch_size=batch)  # trace this batch shape
         store.clear()
         start = time.perf_counter()
         store.get(split, study.x, batch_size=batch)
