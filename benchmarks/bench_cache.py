@@ -37,10 +37,6 @@ from sonotune.models.backbones import create_backbone, get_spec  # noqa: E402
 from sonotune.models.head import HeadConfig, build_classifier, feature_model  # noqa: E402
 from sonotune.models.strategies import apply_strategy  # noqa: E402
 
-PAPER_GRID_IMAGE_EPOCHS = 2235 * 0.8 * 5 * 30  # images x train share x folds x epochs, per configuration
-PAPER_GRID_CONFIGS = 35
-
-
 # ------------------------------------------------------------------------------------------ memory
 
 
@@ -126,10 +122,9 @@ class Study:
         return dict(epochs=self.args.epochs, batch_size=self.args.batch, shuffle=True, verbose=0, callbacks=[best])
 
     def run(self, strategy: int, cached: bool, store=None, compile_overrides=None, suffixes=None) -> dict:
-        """Time the whole k-fold study; returns seconds per phase and the fold AUC-free summary."""
+        """Time the whole k-fold study; returns seconds per phase (build, prefix, fit, predict, total)."""
         suffixes = pc.SuffixPool() if suffixes is None else suffixes  # one compiled suffix shared by the folds
         times = {"build": 0.0, "fit": 0.0, "predict": 0.0, "prefix": 0.0}
-        n_steps = 0
         for index, (fit, val, _test) in enumerate(self.folds):
             start = time.perf_counter()
             model = self.build(strategy, index)
@@ -137,16 +132,15 @@ class Study:
             start = time.perf_counter()
             if cached:
                 misses = store.misses
-                history = pc.fit_with_prefix_cache(model, self.x, self.onehot, fit, val, store=store,
+                pc.fit_with_prefix_cache(model, self.x, self.onehot, fit, val, store=store,
                                                    compile_overrides=compile_overrides, suffixes=suffixes,
                                                    **self.fit_kwargs())
                 if store.misses > misses:
                     times["prefix"] += store.last_extract_s
             else:
-                history = model.fit(self.x[fit], self.onehot[fit], validation_data=(self.x[val], self.onehot[val]),
+                model.fit(self.x[fit], self.onehot[fit], validation_data=(self.x[val], self.onehot[val]),
                                     **self.fit_kwargs())
             times["fit"] += time.perf_counter() - start
-            n_steps += len(history.history["loss"]) * -(-len(fit) // self.args.batch)
             start = time.perf_counter()
             if cached:
                 pc.predict_with_prefix_cache(feature_model(model), self.x, self.args.predict_batch, store=store,
@@ -159,7 +153,6 @@ class Study:
             gc.collect()
         times["fit"] -= times["prefix"]
         times["total"] = times["build"] + times["fit"] + times["predict"] + times["prefix"]
-        times["steps"] = n_steps
         return times
 
 
@@ -176,11 +169,11 @@ def profile_suffix(study: Study, strategy: int, store) -> list[tuple[str, float]
         model = study.build(strategy, 0)
         split, _ = pc.split_model(model)
         arrays = store.get(split, study.x)
-        suffix = pc.build_suffix(split.cut, model.outputs)
-        config = keras.saving.deserialize_keras_object(model.get_compile_config())
         if optimizer is not None:
-            config["optimizer"] = optimizer
-        suffix.compile(**(config | overrides))
+            overrides["optimizer"] = keras.saving.serialize_keras_object(optimizer)
+        # a fresh pool: a newly compiled suffix, as the first fold of a study gets
+        suffix = pc.SuffixPool().borrow(pc.build_suffix(split.cut, model.outputs),
+                                        model.get_compile_config() | overrides)
         inputs = pc._inputs(arrays, fit)
         start = time.perf_counter()
         suffix.fit(inputs, study.onehot[fit], epochs=1, batch_size=b, verbose=0)  # trace + warm up

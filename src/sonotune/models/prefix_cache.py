@@ -38,7 +38,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -241,9 +240,7 @@ def prefix_key(split: PrefixSplit, x: np.ndarray) -> str:
     for layer in split.frozen_layers:
         digest.update(f"{type(layer).__name__}:{layer.name}".encode())
         for weight in layer.weights:
-            with warnings.catch_warnings():  # TF 2.21 tensors under NumPy 2: a DeprecationWarning per weight
-                warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
-                digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight.value)).tobytes())
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight.value)).tobytes())
     digest.update(repr([(tensor_identity(t), tuple(t.shape)) for t in split.cut]).encode())
     return digest.hexdigest()
 
