@@ -195,7 +195,7 @@ def profile_suffix(study: Study, strategy: int, store) -> list[tuple[str, float]
     adam, forward, n_params, trace = timed_fit()
     sgd, _, _, _ = timed_fit(optimizer=keras.optimizers.SGD(1e-4))
     spe, _, _, _ = timed_fit(steps_per_execution=16)
-    rows.append((f"trainable parameters (suffix + head)", n_params))
+    rows.append(("trainable parameters (suffix + head)", n_params))
     rows.append(("trace/compile of a new suffix's train step (SuffixPool saves it on later folds), s", trace))
     rows.append(("forward only (predict step), ms", forward * 1e3))
     rows.append(("train step, SGD, ms", sgd * 1e3))

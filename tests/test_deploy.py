@@ -41,7 +41,7 @@ def store(deployed, monkeypatch):
 
 
 def _prepared(repo: Path):
-    from sonotune.prepare import load_prepared
+    from sonotune.data.prepared import load_prepared
 
     manifest, images = load_prepared("phantom", 32, repo / "prepared")
     return manifest, np.asarray(images)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sonotune.finetune import FoldResult, summary_table
+from sonotune.stages.finetune import FinishedFold, summary_table
 from sonotune.metrics import binary_metrics, summarize
 from sonotune.outputs import write_plot_data
 from tests.conftest import copy_repo, project_env, run, tiny_params
@@ -148,7 +148,7 @@ def test_plot_data_and_summary_table(tmp_path, monkeypatch):
     assert counts.get(("malignant", "malignant"), 0) == pooled["tp"]
     assert counts.get(("benign", "malignant"), 0) == pooled["fp"]
 
-    results = [FoldResult(k, "r", binary_metrics(part["y"], part["score"], 0.5), 1, 0.7, 2.0,
+    results = [FinishedFold(k, "r", binary_metrics(part["y"], part["score"], 0.5), 1, 0.7, 2.0,
                           part["score"].to_numpy(), np.zeros(1), np.zeros(1)) for k, part in oof.groupby("fold")]
     table = summary_table("d b 15%", results, summarize([r.metrics for r in results]), pooled)
     lines = table.splitlines()

@@ -14,7 +14,8 @@ from sonotune.config import parse_params
 from sonotune.data.images import load_square
 from sonotune.data.manifest import COLUMNS, read_manifest
 from sonotune.errors import ConfigError, DataError
-from sonotune.prepare import dataset_info, load_prepared, prepare_dataset
+from sonotune.data.prepared import dataset_info, load_prepared
+from sonotune.stages.prepare import prepare_dataset
 from tests.conftest import ROOT
 from tests.data.helpers import class_folders
 

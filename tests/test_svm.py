@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from sonotune.errors import ConfigError, DataError
-from sonotune.svm import run_svm
+from sonotune.stages.svm import run_svm
 from sonotune.svm.search import inner_folds, optuna_search_c, svm_pipeline
 from tests.conftest import ROOT, tiny_params
 from tests.svm_helpers import (BACKBONE, DATASET, N_FOLDS, STRATEGY, fitted_rows, recording_pipeline, svm_params,

@@ -7,6 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sonotune import tracking
+from sonotune.data.prepared import dataset_info, dataset_info_if_prepared
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_parent_run_is_tagged_and_resumed_by_id(store):
     (store / "prepared" / "toy.json").write_text(json.dumps({
         "source": "phantom", "digest": "abc123", "n_images": 12, "per_class": {"benign": 8, "malignant": 4},
         "n_groups": 12, "n_excluded": 0, "n_duplicate_groups": 0}))
-    extra = tracking.dataset_tags("toy") | {tracking.FINGERPRINT_TAG: "fp"}
+    extra = tracking.dataset_tags(dataset_info("toy", store / "prepared")) | {tracking.FINGERPRINT_TAG: "fp"}
     with tracking.parent_run("toy", "vgg16", 15, "mlp", "paper", {"a": 1}, extra_tags=extra) as run:
         first = run.info.run_id
         with tracking.fold_run(run, 0) as child:
@@ -59,7 +60,7 @@ def test_parent_run_is_tagged_and_resumed_by_id(store):
 
 
 def test_dataset_tags_absent_without_report(store):
-    assert tracking.dataset_tags("nothing") == {}
+    assert tracking.dataset_tags(dataset_info_if_prepared("nothing", store / "prepared")) == {}
 
 
 def test_stale_runs_of_the_same_configuration_are_failed(store):

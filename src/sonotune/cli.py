@@ -40,7 +40,7 @@ def cmd_phantom(args) -> None:
 
 def cmd_prepare(args) -> None:
     from sonotune.config import load_params
-    from sonotune.prepare import prepare_dataset
+    from sonotune.stages.prepare import prepare_dataset
 
     report = prepare_dataset(load_params(args.params), args.dataset, strict=args.strict or None)
     print(f"{args.dataset}: {report['n_images']} images {report['per_class']}, {report['n_excluded']} excluded, "
@@ -70,7 +70,7 @@ def _require_tracking() -> None:
 def cmd_finetune(args) -> None:
     _require_tracking()
     from sonotune.config import load_params
-    from sonotune.finetune import run_finetune
+    from sonotune.stages.finetune import run_finetune
 
     params = load_params(args.params)
     _deterministic()
@@ -81,7 +81,7 @@ def cmd_finetune(args) -> None:
 def cmd_svm(args) -> None:
     _require_tracking()
     from sonotune.config import load_params
-    from sonotune.svm import run_svm
+    from sonotune.stages.svm import run_svm
 
     summary = run_svm(load_params(args.params), args.dataset, args.backbone, args.strategy)
     print(f"{args.dataset} {args.backbone} {args.strategy}% SVM: AUC {summary['auc_mean']:.3f} ± {summary['auc_sd']:.3f}")

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sonotune.errors import ConfigError
+from sonotune.vocabulary import DEFAULT_CLASSES, Label, Protocol, Strategy
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -32,8 +33,6 @@ class PhantomSource(Section):
     image_size: Annotated[int, Field(ge=32, le=1024)] = 128
 
 
-Label = Literal["benign", "malignant"]
-DEFAULT_CLASSES: dict[str, Label] = {"benign": "benign", "malignant": "malignant"}
 # the study's reading of DDTI's TI-RADS scores (Bal-Ghaoui et al.): 2, 3 benign; 4a, 4b, 4c, 5 malignant
 PAPER_TIRADS: dict[str, Label] = {
     "2": "benign", "3": "benign", "4a": "malignant", "4b": "malignant", "4c": "malignant", "5": "malignant",
@@ -89,7 +88,7 @@ DatasetSource = Annotated[
 class Study(Section):
     datasets: Annotated[list[str], Field(min_length=1)]
     backbones: Annotated[list[str], Field(min_length=1)]
-    strategies: Annotated[list[Literal[0, 15, 25, 50, 75, 85, 100]], Field(min_length=1)]
+    strategies: Annotated[list[Strategy], Field(min_length=1)]
 
 
 class Prepare(Section):
@@ -147,7 +146,7 @@ class Svm(Section):
 
 
 class Report(Section):
-    table4_strategy: Literal[0, 15, 25, 50, 75, 85, 100] = 15
+    table4_strategy: Strategy = 15
     n_bootstrap: Annotated[int, Field(ge=100, le=100_000)] = 1000
     alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05
     paired_test: Literal["delong", "bootstrap"] = "delong"
@@ -167,7 +166,7 @@ class Gradcam(Section):
 
 class Params(Section):
     seed: Annotated[int, Field(ge=0)] = 42
-    protocol: Literal["leakage_free", "paper"] = "leakage_free"
+    protocol: Protocol = "leakage_free"
     study: Study
     datasets: dict[str, DatasetSource]
     prepare: Prepare = Prepare()

@@ -1,8 +1,12 @@
-"""Fold plans: outer grouped, stratified folds and, inside each training fold, the split that picks the epoch.
+"""Fold plans and the protocols' rules, in one place.
 
+Outer grouped, stratified folds and, inside each training fold, the split that picks the epoch. What a
+protocol changes is written once, in `RULES`, and every stage asks `rules(protocol)`:
 `leakage_free`: the epoch is selected on a grouped, stratified validation split carved out of the training
-fold; the test fold is predicted once. `paper`: the epoch is selected on the test fold itself, as the paper
-describes. The same seed gives the same folds for every backbone and strategy.
+fold; the test fold is predicted once; the SVM's C is searched on the training fold's features and the test
+fold is scored once. `paper`: the epoch is selected on the test fold itself, and the SVM is tuned and scored by
+inner CV over every image's features, as the paper describes. The same seed gives the same folds for every
+backbone and strategy.
 """
 
 from __future__ import annotations
@@ -11,6 +15,32 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
+
+from sonotune.vocabulary import PROTOCOLS
+
+
+@dataclass(frozen=True)
+class ProtocolRules:
+    """What a protocol decides about selection and scoring."""
+
+    name: str
+    epoch_on_test_fold: bool  # the best epoch is picked on the test fold (no validation split)
+    svm_on_all_images: bool  # C is searched on, and the SVM scored by inner CV over, every image's features
+
+
+RULES = {  # one entry per vocabulary.PROTOCOLS
+    "leakage_free": ProtocolRules("leakage_free", epoch_on_test_fold=False, svm_on_all_images=False),
+    "paper": ProtocolRules("paper", epoch_on_test_fold=True, svm_on_all_images=True),
+}
+
+
+assert tuple(RULES) == PROTOCOLS
+
+
+def rules(protocol: str) -> ProtocolRules:
+    if protocol not in RULES:
+        raise ValueError(f"protocol must be one of {', '.join(RULES)} (got {protocol!r})")
+    return RULES[protocol]
 
 
 @dataclass(frozen=True)
@@ -46,9 +76,14 @@ def fold_plan(
 ) -> list[Fold]:
     plan = []
     for index, (train, test) in enumerate(outer_folds(y, groups, n_splits, seed)):
-        if protocol == "paper":
+        if rules(protocol).epoch_on_test_fold:
             plan.append(Fold(index, fit=train, val=test, test=test))
         else:
             fit, val = validation_split(y, groups, train, val_fraction, seed + index)
             plan.append(Fold(index, fit=fit, val=val, test=test))
     return plan
+
+
+def svm_fit_rows(protocol: str, folds: np.ndarray, fold: int) -> np.ndarray:
+    """Rows the SVM's C search is fitted on for outer fold `fold`: its training images, or every image (paper)."""
+    return np.arange(len(folds)) if rules(protocol).svm_on_all_images else np.flatnonzero(folds != fold)

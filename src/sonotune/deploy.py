@@ -203,11 +203,10 @@ def calibrated_svm(params, features: np.ndarray, y: np.ndarray, groups: np.ndarr
     values (`ensemble=False`: one pipeline, refit on everything, plus one sigmoid). Returns (model, C, inner AUC)."""
     from sklearn.base import clone
     from sklearn.calibration import CalibratedClassifierCV
-    from sonotune.svm.search import inner_folds, svm_pipeline
-    from sonotune.svm.stage import search_c
+    from sonotune.svm.search import inner_folds, search_c, svm_pipeline
 
     estimator = svm_pipeline(params.svm.max_iter, params.seed)
-    search = search_c(params, estimator, features, y, groups, name="deploy", storage=None)
+    search = search_c(params.svm, params.seed, estimator, features, y, groups, name="deploy", storage=None)
     inner = inner_folds(params.svm.inner_splits, params.seed)
     splits = list(inner.split(features, y, groups))  # precomputed: CalibratedClassifierCV routes no groups
     model = CalibratedClassifierCV(clone(search.estimator), method="sigmoid", cv=splits, ensemble=False)
@@ -216,22 +215,17 @@ def calibrated_svm(params, features: np.ndarray, y: np.ndarray, groups: np.ndarr
 
 def refit(params, dataset: str, backbone: str, strategy: int, classifier: str):
     """Train the configuration on the whole dataset; return (ImageModel, metrics to log)."""
-    from sonotune.data.manifest import label_vector
-    from sonotune.finetune import train_fold
-    from sonotune.models.backbones import check_backbone, get_spec
     from sonotune.models.head import inference_copy
-    from sonotune.prepare import load_prepared
+    from sonotune.models.training import PrefixCache, train_fold
+    from sonotune.stages.inputs import load_training_inputs
 
     if classifier not in CLASSIFIERS:
         raise DataError(f"--classifier: expected one of {', '.join(CLASSIFIERS)} (got '{classifier}')")
-    size = params.finetune.input_size or get_spec(backbone).native_size
-    check_backbone(backbone, size, params.finetune.weights)
-    manifest, images = load_prepared(dataset, size)
-    y = label_vector(manifest)
-    groups = manifest["group"].to_numpy()
-    x = get_spec(backbone).preprocess()(np.asarray(images, dtype=np.float32))
+    data = load_training_inputs(params.finetune, dataset, backbone)
+    x, y, groups, size = data.x, data.y, data.groups, data.input_size
     fold = refit_split(y, groups, params.cv.val_fraction, params.seed)
-    model, _, best_epoch, monitored = train_fold(params, backbone, strategy, x, y, fold)
+    cache = PrefixCache() if params.finetune.prefix_cache else None
+    model, _, best_epoch, monitored = train_fold(params.finetune, params.seed, backbone, strategy, x, y, fold, cache)
     config = ModelConfig(dataset, backbone, strategy, classifier, size, params.prepare.resize,
                          params.deploy.threshold, params.svm.features)
     deployed = ImageModel(inference_copy(model), config)

@@ -130,23 +130,3 @@ def save_overlay(path: Path, image: np.ndarray, heat: np.ndarray, alpha: float =
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay(image, heat, alpha)).save(path)
     return path
-
-
-def log_study_overlays(classifier, backbone: str, x: np.ndarray, images: np.ndarray, rows: np.ndarray,
-                       y: np.ndarray, alpha: float = 0.4) -> None:
-    """Log Grad-CAM overlays of images `rows` (MLP head) to the active MLflow run, under `gradcam/`.
-
-    `x` holds the preprocessed inputs, `images` the same images as uint8 (what the overlay is drawn on).
-    """
-    from sonotune.tracking import artifact_dir  # logs the folder to the active run on exit
-
-    if len(rows) == 0:
-        return
-    maps = gradcam_maps(classifier, layer_for(backbone, classifier), x[rows])
-    probabilities = classifier.predict(x[rows], verbose=0)[:, 1]
-    with artifact_dir() as tmp:
-        for row, cam, probability in zip(rows, maps, probabilities):
-            image = np.asarray(images[row])
-            label = "malignant" if y[row] == 1 else "benign"
-            save_overlay(tmp / "gradcam" / f"image{row:05d}_{label}_p{probability:.2f}.png", image,
-                         resize_map(cam, *image.shape[:2]), alpha)

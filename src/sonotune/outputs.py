@@ -16,8 +16,8 @@ import pandas as pd
 
 from sonotune.layout import config_dir, metrics_file, roc_file, stage_dir, staged_dir
 from sonotune.plots import roc_points
+from sonotune.vocabulary import CLASS_NAMES
 
-CLASS_NAMES = np.array(["benign", "malignant"])
 
 
 def roc_folds_file(dataset: str, backbone: str, strategy: int, classifier: str):
@@ -52,7 +52,7 @@ def write_plot_data(dataset, backbone, strategy, classifier, oof: pd.DataFrame, 
     roc.to_csv(roc_folds_file(dataset, backbone, strategy, classifier), index=False)
     confusion = pd.DataFrame({
         "fold": oof["fold"].to_numpy(),
-        "actual": CLASS_NAMES[oof["y"].to_numpy().astype(int)],
-        "predicted": CLASS_NAMES[(oof["score"].to_numpy() >= threshold).astype(int)],
+        "actual": np.array(CLASS_NAMES)[oof["y"].to_numpy().astype(int)],
+        "predicted": np.array(CLASS_NAMES)[(oof["score"].to_numpy() >= threshold).astype(int)],
     })
     confusion.to_csv(confusion_file(dataset, backbone, strategy, classifier), index=False)

@@ -12,6 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, roc_curve  # noqa: E402
 
+from sonotune.vocabulary import CLASS_NAMES  # noqa: E402
+
 
 def roc_points(y_true: np.ndarray, score: np.ndarray) -> pd.DataFrame:
     fpr, tpr, _ = roc_curve(y_true, score)
@@ -33,7 +35,7 @@ def save_roc_png(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], t
 def save_confusion_png(path: Path, y_true: np.ndarray, y_pred: np.ndarray, title: str) -> None:
     fig, ax = plt.subplots(figsize=(3.6, 3.4))
     ConfusionMatrixDisplay.from_predictions(
-        y_true, y_pred, labels=[0, 1], display_labels=["benign", "malignant"], ax=ax, colorbar=False
+        y_true, y_pred, labels=[0, 1], display_labels=list(CLASS_NAMES), ax=ax, colorbar=False
     )
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

@@ -181,7 +181,7 @@ def _auc_cell(mean: float, sd: float, low: float, high: float) -> str:
 
 def table3_markdown(table: pd.DataFrame, alpha: float) -> str:
     level = round(100 * (1 - alpha))
-    lines = [f"| dataset | backbone | strategy | AUC MLP | AUC SVM |", "|---|---|---|---|---|"]
+    lines = ["| dataset | backbone | strategy | AUC MLP | AUC SVM |", "|---|---|---|---|---|"]
     for row in table.itertuples():
         lines.append(f"| {row.dataset} | {row.backbone} | {row.strategy} % "
                      f"| {_auc_cell(row.mlp_auc, row.mlp_auc_sd, row.mlp_auc_low, row.mlp_auc_high)} "
@@ -455,7 +455,7 @@ def summary_text(params: Params, results: pd.DataFrame, table: pd.DataFrame, bes
         lines += table3_markdown(table, cfg.alpha).splitlines()
     else:
         lines.append(f"Table 3 ({len(table)} rows): reports/table3.md")
-    lines += ["", f"Best strategy per backbone (vs the runner-up strategy, same classifier; Holm within backbone):"]
+    lines += ["", "Best strategy per backbone (vs the runner-up strategy, same classifier; Holm within backbone):"]
     lines += best_lines(best, cfg.alpha, test_name)
     lines += ["", f"MLP vs SVM on the same folds ({test_name}, Holm within dataset):"]
     lines += classifier_lines(tests, cfg.alpha)

@@ -40,24 +40,33 @@ def _write_atomic(path: Path, text: str) -> None:
 class FoldStore:
     """Finished folds of one configuration, keyed by fold index."""
 
-    def __init__(self, root: Path, key: str):
+    def __init__(self, root: Path, key: str, state: dict, discarded_parent_run_id: str | None = None):
+        """A handle on an opened store; use `FoldStore.open`, which reads, checks and creates it."""
         self.root = Path(root)
         self.key = key
-        self.discarded_parent_run_id: str | None = None
-        state = self._read_state()
-        if state is not None and state.get("fingerprint") != key:
-            # params or data changed since the crashed run: its folds are not this configuration's
-            self.discarded_parent_run_id = state.get("parent_run_id")
-            shutil.rmtree(self.root)
-            state = None
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.state = state or {"fingerprint": key, "parent_run_id": None}
-        _write_atomic(self.root / "state.json", json.dumps(self.state))
+        self.state = state
+        self.discarded_parent_run_id = discarded_parent_run_id
 
-    def _read_state(self) -> dict | None:
-        path = self.root / "state.json"
+    @classmethod
+    def open(cls, root: Path, key: str) -> "FoldStore":
+        """The store at `root` for fingerprint `key`: kept when its fingerprint matches, else discarded (params
+        or data changed since the crashed run: its folds are not this configuration's) and started afresh."""
+        root = Path(root)
+        state = cls._read_state(root)
+        discarded = None
+        if state is not None and state.get("fingerprint") != key:
+            discarded = state.get("parent_run_id")
+            shutil.rmtree(root)
+            state = None
+        root.mkdir(parents=True, exist_ok=True)
+        store = cls(root, key, state or {"fingerprint": key, "parent_run_id": None}, discarded)
+        _write_atomic(root / "state.json", json.dumps(store.state))
+        return store
+
+    @staticmethod
+    def _read_state(root: Path) -> dict | None:
         try:
-            return json.loads(path.read_text())
+            return json.loads((root / "state.json").read_text())
         except (OSError, ValueError):
             return None
 

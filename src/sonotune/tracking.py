@@ -4,7 +4,7 @@ Tracking URI: `MLFLOW_TRACKING_URI` when set (a team server), else SQLite at `ml
 artifacts under `mlruns/artifacts`. One experiment per dataset; a parent run per (backbone, strategy,
 classifier) carrying mean ± sd metrics; a nested child run per fold. Every run carries the tags `dataset`,
 `backbone`, `strategy`, `classifier`, `fold`, `protocol`, `git_commit`, `dvc_exp` (+ `dataset_digest`,
-`dataset_n_images` and the other `dataset_*` counts of prepare.dataset_info when the dataset is prepared, and
+`dataset_n_images` and the other `dataset_*` counts of data.prepared.dataset_info when the dataset is prepared, and
 `sonotune.fingerprint`, the configuration's hash).
 
 Crash recovery: a stage that resumes passes the old parent's id to `parent_run` (MLflow resumes it);
@@ -15,7 +15,6 @@ after `kill -9` leaves one parent per configuration and no run RUNNING.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
@@ -88,16 +87,9 @@ def run_tags(dataset: str, backbone: str, strategy: int, classifier: str, protoc
     }
 
 
-def dataset_tags(dataset: str) -> dict[str, str]:
-    """The prepared dataset's digest and counts (prepare.dataset_info) as `dataset_*` tags; {} if unprepared."""
-    from sonotune.errors import DataError
-    from sonotune.prepare import dataset_info
-
-    try:
-        info = dataset_info(dataset)
-    except DataError:
-        return {}
-    return {f"dataset_{key}": str(value) for key, value in info.items() if key != "dataset"}
+def dataset_tags(info: dict | None) -> dict[str, str]:
+    """A prepared dataset's digest and counts (`data.prepared.dataset_info`) as `dataset_*` tags; {} for None."""
+    return {f"dataset_{key}": str(value) for key, value in (info or {}).items() if key != "dataset"}
 
 
 def run_name(backbone: str, strategy: int, classifier: str, fold: int | None = None) -> str:

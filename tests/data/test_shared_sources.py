@@ -14,7 +14,7 @@ import pytest
 from sonotune.cli import main
 from sonotune.config import BusiSource, CsvSource, DdtiSource, MendeleySource
 from sonotune.data.manifest import COLUMNS, build_manifest, check_study_ready, included
-from sonotune.data.report import data_report
+from sonotune.data.data_report import data_report
 from sonotune.data.sources import collect_records, detect_kind
 
 

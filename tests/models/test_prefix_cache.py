@@ -1,6 +1,6 @@
 """The frozen-prefix cache trains the same weights, metrics and features as the full model's fit.
 
-Exactness runs `finetune.train_fold` (the stage's own code) with `prefix_cache` off and on, for every
+Exactness runs `models.training.train_fold` (the stage's own code) with `prefix_cache` off and on, for every
 backbone at two strategies, on tiny random images (32 px; InceptionV3 at its 75 px minimum), 2 epochs.
 """
 
@@ -12,12 +12,11 @@ import pytest
 
 from sonotune.config import parse_params
 from sonotune.cv import Fold
-from sonotune.finetune import train_fold
 from sonotune.models.backbones import BACKBONES
-from sonotune.models.head import feature_model
+from sonotune.models.training import PrefixCache, predict_outputs, train_fold
 from sonotune.models.prefix_cache import (
-    ActivationStore, DEFAULT_STORE, DEFAULT_SUFFIXES, SuffixPool, find_cut, fit_with_prefix_cache,
-    predict_with_prefix_cache, structure_signature,
+    ActivationStore, SuffixPool, find_cut, fit_with_prefix_cache,
+    structure_signature,
 )
 from tests.conftest import tiny_params
 
@@ -38,12 +37,10 @@ def _data(size: int, n: int = 12):
     return x, y, Fold(index=0, fit=np.arange(8), val=np.arange(8, 12), test=np.arange(8, 12))
 
 
-def _train(backbone, strategy, size, prefix_cache, x, y, fold):
-    model, history, best_epoch, _ = train_fold(_params(size, prefix_cache), backbone, strategy, x, y, fold)
-    if prefix_cache:
-        features = predict_with_prefix_cache(feature_model(model), x, 8)
-    else:
-        features = feature_model(model).predict(x, batch_size=8, verbose=0)
+def _train(backbone, strategy, size, cache: PrefixCache | None, x, y, fold):
+    params = _params(size, cache is not None)
+    model, history, best_epoch, _ = train_fold(params.finetune, params.seed, backbone, strategy, x, y, fold, cache)
+    features = predict_outputs(model, x, cache)
     weights = [keras.ops.convert_to_numpy(w.value).copy() for w in model.weights]
     keras.backend.clear_session()
     return weights, history, best_epoch, features
@@ -63,23 +60,22 @@ def _assert_same(full, cached):
 def test_cached_training_matches_the_full_model(backbone, strategy):
     size = max(32, BACKBONES[backbone].min_size)
     x, y, fold = _data(size)
-    full = _train(backbone, strategy, size, False, x, y, fold)
-    DEFAULT_STORE.clear()
-    misses = DEFAULT_STORE.misses
-    cached = _train(backbone, strategy, size, True, x, y, fold)
-    assert DEFAULT_STORE.misses == misses + 1  # training extracted the prefix; feature extraction reused it
+    full = _train(backbone, strategy, size, None, x, y, fold)
+    cache = PrefixCache()
+    cached = _train(backbone, strategy, size, cache, x, y, fold)
+    assert cache.store.misses == 1  # training extracted the prefix; feature extraction reused it
     _assert_same(full, cached)
 
 
 def test_a_cache_hit_trains_like_a_miss():
     """Same frozen weights (same seed) and same images: the second fold reuses the activations, same result."""
     x, y, fold = _data(32)
-    full = _train("resnet50", 15, 32, False, x, y, fold)
-    DEFAULT_STORE.clear()
-    _train("resnet50", 15, 32, True, x, y, fold)
-    hits = DEFAULT_STORE.hits
-    again = _train("resnet50", 15, 32, True, x, y, fold)
-    assert DEFAULT_STORE.hits >= hits + 2
+    full = _train("resnet50", 15, 32, None, x, y, fold)
+    cache = PrefixCache()
+    _train("resnet50", 15, 32, cache, x, y, fold)
+    hits = cache.store.hits
+    again = _train("resnet50", 15, 32, cache, x, y, fold)
+    assert cache.store.hits >= hits + 2
     _assert_same(full, again)
 
 
@@ -88,15 +84,15 @@ def test_later_folds_reuse_the_compiled_suffix_and_train_like_the_full_model():
     suffix match the full model fold by fold, and training fold 1 leaves fold 0's model untouched."""
     x, y, fold0 = _data(32, n=16)
     fold1 = Fold(index=1, fit=np.arange(4, 16), val=np.arange(4), test=np.arange(4))
-    full = [_train("vgg16", 15, 32, False, x, y, fold) for fold in (fold0, fold1)]
-    DEFAULT_SUFFIXES.clear()
+    full = [_train("vgg16", 15, 32, None, x, y, fold) for fold in (fold0, fold1)]
+    cache = PrefixCache()
     params = _params(32, True)
-    model0 = train_fold(params, "vgg16", 15, x, y, fold0)[0]
-    predict_with_prefix_cache(feature_model(model0), x, 8)
+    model0 = train_fold(params.finetune, params.seed, "vgg16", 15, x, y, fold0, cache)[0]
+    predict_outputs(model0, x, cache)
     trained0 = [keras.ops.convert_to_numpy(w.value).copy() for w in model0.weights]
-    hits = DEFAULT_SUFFIXES.hits
-    cached1 = _train("vgg16", 15, 32, True, x, y, fold1)
-    assert DEFAULT_SUFFIXES.hits >= hits + 2  # fold 1's training and its feature extraction reused fold 0's
+    hits = cache.suffixes.hits
+    cached1 = _train("vgg16", 15, 32, cache, x, y, fold1)
+    assert cache.suffixes.hits >= hits + 2  # fold 1's training and its feature extraction reused fold 0's
     for before, after in zip(trained0, model0.weights, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(after.value), before)
     np.testing.assert_array_equal(trained0[-1], full[0][0][-1])  # fold 0's own result, bit for bit here
@@ -146,7 +142,8 @@ def test_nothing_random_is_cached_and_the_fallback_is_logged(caplog):
     x = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype(np.float32)
     y = keras.utils.to_categorical(np.arange(8) % 2, 2)
     with caplog.at_level(logging.WARNING, logger="sonotune.models.prefix_cache"):
-        history = fit_with_prefix_cache(model, x, y, np.arange(6), np.arange(6, 8), epochs=1, verbose=0)
+        history = fit_with_prefix_cache(model, x, y, np.arange(6), np.arange(6, 8), store=ActivationStore(),
+                                        suffixes=SuffixPool(), epochs=1, verbose=0)
     assert "training the full model (no frozen layer before the first trainable one)" in caplog.text
     assert len(history.history["loss"]) == 1
     keras.backend.clear_session()
@@ -160,8 +157,8 @@ def test_activations_beyond_the_ram_budget_go_to_a_memmap_with_the_same_result(t
         keras.utils.set_random_seed(3)
         model = _residual_model()
         store = ActivationStore(ram_budget_bytes=budget, spill_dir=str(tmp_path))
-        fit_with_prefix_cache(model, x, y, np.arange(6), np.arange(6, 8), store=store, epochs=2, batch_size=2,
-                              verbose=0)
+        fit_with_prefix_cache(model, x, y, np.arange(6), np.arange(6, 8), store=store, suffixes=SuffixPool(),
+                              epochs=2, batch_size=2, verbose=0)
         assert isinstance(store.arrays[0], np.memmap) == (budget == 0)
         results.append([keras.ops.convert_to_numpy(w.value) for w in model.weights])
         store.clear()

@@ -24,6 +24,7 @@ from sonotune.data.records import (
     visible_files,
 )
 from sonotune.errors import DataError
+from sonotune.vocabulary import CLASS_NAMES
 
 BUSI_NAME = re.compile(r"^(benign|malignant|normal) \(\d+\)_mask\.png$")  # how BUSI names its masks
 LAYOUT = "Dataset_BUSI_with_GT/{benign,malignant,normal}/<class> (N).png"
@@ -57,7 +58,7 @@ def _class_records(class_dir: Path, label: str, left_out: str = "") -> list[Reco
 def busi_records(source: BusiSource, work_dir: Path, seed: int) -> list[Record]:
     root = busi_root(require_dir(Path(source.root), LAYOUT))
     records = []
-    for class_name in ("benign", "malignant"):
+    for class_name in CLASS_NAMES:
         if not (root / class_name).is_dir():
             raise DataError(f"{root / class_name}: class folder not found (expected {LAYOUT})")
         records += _class_records(root / class_name, class_name)

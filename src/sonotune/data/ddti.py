@@ -15,7 +15,6 @@ from pathlib import Path
 from sonotune.config import DdtiSource
 from sonotune.data.records import (
     BAD_ANNOTATION,
-    IMAGE_SUFFIXES,
     MISSING_ANNOTATION,
     NOT_IMAGE,
     UNKNOWN_LABEL,
@@ -27,6 +26,7 @@ from sonotune.data.records import (
     visible_files,
 )
 from sonotune.errors import DataError
+from sonotune.vocabulary import IMAGE_SUFFIXES
 
 IMAGE_NAME = re.compile(r"^(\d+)_(\d+)$")
 LAYOUT = "one folder of <case>_<k>.jpg images and <case>.xml files"

@@ -14,7 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from sonotune.config import DatasetSource
 from sonotune.data.manifest import build_manifest, check_study_ready, first_problem
-from sonotune.data.report import data_report, format_report
+from sonotune.data.data_report import data_report, format_report
 from sonotune.data.sources import collect_records, detect_kind
 from sonotune.errors import ConfigError, DataError
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-CLASSES = ("benign", "malignant")
+from sonotune.vocabulary import CLASS_NAMES as CLASSES
 
 
 @dataclass(frozen=True)

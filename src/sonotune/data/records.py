@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sonotune.errors import DataError
+from sonotune.vocabulary import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 MASK_STEM = re.compile(r"_mask(_\d+)?$", re.IGNORECASE)  # BUSI's `benign (4)_mask`, `benign (4)_mask_1`, …
 
 # choices of the study: not a problem with the data

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Callable
 
 from sonotune.config import FolderSource, MendeleySource, PhantomSource
+from sonotune.vocabulary import CLASS_NAMES, IMAGE_SUFFIXES
 from sonotune.data.busi import BUSI_NAME, busi_records, busi_root
 from sonotune.data.csvfile import csv_records
 from sonotune.data.ddti import IMAGE_NAME, ddti_records
 from sonotune.data.phantom import write_phantom
-from sonotune.data.records import IMAGE_SUFFIXES, Record, class_folder_records, require_dir
+from sonotune.data.records import Record, class_folder_records, require_dir
 from sonotune.errors import DataError
 
 
@@ -62,7 +63,7 @@ def detect_kind(path: Path) -> str:
         raise DataError(f"{path}: not a dataset folder or a .csv manifest")
     require_dir(path, "a dataset folder or a .csv manifest")
     classes = {p.name.lower(): p for p in _class_dirs(busi_root(path))}
-    if {"benign", "malignant"} <= set(classes) and any(
+    if set(CLASS_NAMES) <= set(classes) and any(
             BUSI_NAME.match(f.name) for f in classes["benign"].iterdir()):
         return "busi"
     files = [p for p in path.iterdir() if p.is_file()]

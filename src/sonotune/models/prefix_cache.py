@@ -217,8 +217,6 @@ class SuffixPool:
         copy_variables(borrowed, suffix)
 
 
-DEFAULT_SUFFIXES = SuffixPool()
-
 
 # ---------------------------------------------------------------- fingerprints and the activation store
 
@@ -303,23 +301,18 @@ class ActivationStore:
         return arrays
 
 
-DEFAULT_STORE = ActivationStore()
-
 
 def _inputs(arrays: list[np.ndarray], index=None):
     picked = [a if index is None else a[index] for a in arrays]
     return picked[0] if len(picked) == 1 else picked
 
 
-def fit_with_prefix_cache(model, x, y, fit_index, val_index, store: ActivationStore | None = None,
-                          compile_overrides: dict | None = None, suffixes: SuffixPool | None = None,
-                          **fit_kwargs):
+def fit_with_prefix_cache(model, x, y, fit_index, val_index, *, store: ActivationStore, suffixes: SuffixPool,
+                          compile_overrides: dict | None = None, **fit_kwargs):
     """`model.fit(x[fit_index], y[fit_index], validation_data=(x[val_index], y[val_index]), **fit_kwargs)`,
     computed on the cached frozen prefix when exact; returns the History. `compile_overrides` (e.g.
     steps_per_execution, jit_compile) apply to the suffix's compile only; the compiled suffix comes from
-    `suffixes` (default: a module-wide pool), so later folds of the same structure skip tracing."""
-    store = DEFAULT_STORE if store is None else store
-    suffixes = DEFAULT_SUFFIXES if suffixes is None else suffixes
+    `suffixes` (the caller's pool, shared by the folds of a study), so later folds of one structure skip tracing."""
     split, reason = split_model(model)
     if split is None:
         log.warning("prefix cache: training the full model (%s)", reason)
@@ -334,14 +327,11 @@ def fit_with_prefix_cache(model, x, y, fit_index, val_index, store: ActivationSt
         suffixes.give_back(trainer, suffix)
 
 
-def predict_with_prefix_cache(model, x, batch_size: int, store: ActivationStore | None = None,
-                              suffixes: SuffixPool | None = None):
+def predict_with_prefix_cache(model, x, batch_size: int, *, store: ActivationStore, suffixes: SuffixPool):
     """`model.predict(x, batch_size)` from the cached prefix activations (e.g. a feature model over the
     trained layers: its frozen part is the one the training cached). Same output structure as predict."""
     import keras
 
-    store = DEFAULT_STORE if store is None else store
-    suffixes = DEFAULT_SUFFIXES if suffixes is None else suffixes
     split, reason = split_model(model)
     if split is None:
         log.info("prefix cache: predicting with the full model (%s)", reason)

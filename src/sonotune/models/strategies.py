@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-STRATEGIES = (0, 15, 25, 50, 75, 85, 100)
+from sonotune.vocabulary import STRATEGIES
 
 
 def frozen_layer_count(backbone: str, n_layers: int, strategy: int) -> int:

@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+from sonotune.config import Svm
 from sonotune.metrics import METRIC_NAMES, binary_metrics
 
 C_PARAM = "svc__C"
@@ -114,3 +115,14 @@ def inner_cv_metrics(estimator: Pipeline, x, y, groups, cv) -> tuple[dict[str, f
     metrics = {name: float(np.mean([fold[name] for fold in per_fold])) for name in METRIC_NAMES}
     counts = {name: int(sum(fold[name] for fold in per_fold)) for name in ("tp", "fp", "tn", "fn")}
     return metrics | counts, scores
+
+
+def search_c(cfg: Svm, seed: int, estimator: Pipeline, x, y, groups, name: str, storage: str | None,
+             callbacks: Sequence[Callable] = ()) -> CSearch:
+    """C by the search `cfg.search` names (the params' `svm` section): the grid, or `n_trials` Optuna trials in
+    study `name` of `storage`; scored on `cfg.inner_splits` inner folds seeded by `seed`."""
+    cv = inner_folds(cfg.inner_splits, seed)
+    if cfg.search == "grid":
+        return grid_search_c(estimator, x, y, groups, cfg.c_grid, cv)
+    return optuna_search_c(estimator, x, y, groups, cv, cfg.optuna.c_min, cfg.optuna.c_max, cfg.optuna.n_trials,
+                           seed, storage, name, callbacks)

@@ -1,6 +1,32 @@
-"""The `svm` stage's loop: read finetune's features, search C and score per outer fold, write and track it all.
+"""Stage `svm` (FT-SVM): a linear SVM on each outer fold's fine-tuned features, C chosen by inner CV.
 
-See the package docstring (`sonotune.svm`) for what each protocol does.
+Run as `sonotune svm --dataset D --backbone B --strategy S` (or `dvc repro`), after `finetune`, which saved
+for every outer fold k the features of every image computed by fold k's best model (`svm.features`: `pooled`,
+the GlobalMaxPooling output of the backbone, or `dense`, the head's Dense-512 ReLU activations).
+
+The classifier is an sklearn Pipeline, StandardScaler → LinearSVC; scores are its decision function (AUC), a
+score ≥ 0 predicts malignant. C is chosen by `svm.search`:
+- `grid`: GridSearchCV over `svm.c_grid` (the paper's {0.1, 1, 10, 100});
+- `optuna`: a TPE study seeded by `seed`, `svm.optuna.n_trials` trials of log-uniform C in
+  [`c_min`, `c_max`], stored in `svm.optuna.storage` (default: SQLite `runs/D/B/S/svm/optuna.db`, created
+  fresh on every run so the stage stays reproducible; a shared URL accumulates the trials of every worker
+  and run, and the best C is the study's best). Each trial is an MLflow run nested under its fold's run.
+Both score a C by the mean ROC AUC over `svm.inner_splits` grouped, stratified inner folds (seeded, the
+same splits for every C), then refit the pipeline with the best C on all the rows the search was given.
+
+`protocol: leakage_free` — for outer fold k the search sees only the features of fold k's training images
+(never a test-fold row, not even in its inner validation folds); the refitted pipeline scores fold k's
+test images once. Fold metrics are on the test fold; `oof.csv` holds one out-of-fold score per image.
+`protocol: paper` — the paper's reading: for outer fold k, the search runs on the features of *every*
+image from fold k's model (its CNN was trained on ~80 % of them), and the fold's metrics are the 5-fold
+(`inner_splits`) cross-validation scores of the chosen C over the whole dataset, the mean over inner folds
+(so the fold's `auc` is the search's own best inner-CV AUC, selection bias included). `oof.csv` then holds
+each image's cross-validated score from the model of the outer fold where it is the test image.
+
+Writes `runs/D/B/S/svm/` (oof.csv with the fold's C, c_search.csv with every C tried per fold, optuna.db
+with the default storage), `svm_metrics.json` (DVC metrics: per-fold, mean ± sd, chosen C per fold) and
+`svm_roc.csv` (DVC plots). MLflow: a parent run (tags classifier=svm, …) with one nested run per fold
+carrying C, metrics, ROC / confusion matrix / C-search plots and the fitted pipeline (`mlflow.sklearn`).
 """
 
 from __future__ import annotations
@@ -15,13 +41,15 @@ from tqdm.auto import tqdm
 
 from sonotune import tracking
 from sonotune.config import Params, flatten
+from sonotune.cv import rules
 from sonotune.errors import DataError
 from sonotune.layout import stage_dir
-from sonotune.metrics import binary_metrics, summarize
+from sonotune.metrics import summarize
 from sonotune.outputs import write_stage_outputs
 from sonotune.plots import save_confusion_png, save_roc_png
-from sonotune.svm.search import (CSearch, grid_search_c, inner_cv_metrics, inner_folds, optuna_search_c,
-                                 svm_pipeline)
+from sonotune.svm.folds import SvmFoldResult, evaluate_fold
+from sonotune.svm.search import svm_pipeline
+from sonotune.vocabulary import THRESHOLDS
 
 CLASSIFIER = "svm"
 STUDY_FILE = "optuna.db"
@@ -37,15 +65,6 @@ class FineTuned:
     @property
     def folds(self) -> np.ndarray:
         return self.rows["fold"].to_numpy()
-
-
-@dataclass(frozen=True)
-class FoldResult:
-    search: CSearch
-    fit_rows: np.ndarray  # rows the C search and the final pipeline were fitted on
-    scored_rows: np.ndarray  # rows the fold's metrics are computed on
-    scores: np.ndarray  # decision scores of scored_rows
-    metrics: dict[str, float]
 
 
 def load_finetuned(dataset: str, backbone: str, strategy: int, layer: str) -> FineTuned:
@@ -68,38 +87,8 @@ def load_finetuned(dataset: str, backbone: str, strategy: int, layer: str) -> Fi
     return FineTuned(rows, features)
 
 
-def svm_fit_rows(protocol: str, folds: np.ndarray, fold: int) -> np.ndarray:
-    """Rows the C search is fitted on for outer fold `fold`: its training images, or every image (paper)."""
-    return np.arange(len(folds)) if protocol == "paper" else np.flatnonzero(folds != fold)
-
-
 def study_name(params: Params, dataset: str, backbone: str, strategy: int, fold: int) -> str:
     return f"{dataset}-{backbone}-{strategy}-svm-{params.protocol}-{params.svm.features}-fold{fold}"
-
-
-def search_c(params: Params, estimator, x, y, groups, name: str, storage: str | None, callbacks=()) -> CSearch:
-    cfg, cv = params.svm, inner_folds(params.svm.inner_splits, params.seed)
-    if cfg.search == "grid":
-        return grid_search_c(estimator, x, y, groups, cfg.c_grid, cv)
-    return optuna_search_c(estimator, x, y, groups, cv, cfg.optuna.c_min, cfg.optuna.c_max, cfg.optuna.n_trials,
-                           params.seed, storage, name, callbacks)
-
-
-def evaluate_fold(params: Params, estimator, data: FineTuned, fold: int, study: str, storage: str | None,
-                  callbacks=()) -> FoldResult:
-    """Search C on the fold's fit rows, then score: the test fold once (leakage_free) or 5-fold CV over all
-    images (paper)."""
-    x, y = data.features[fold], data.rows["y"].to_numpy()
-    groups, folds = data.rows["group"].to_numpy(), data.folds
-    fit = svm_fit_rows(params.protocol, folds, fold)
-    search = search_c(params, estimator, x[fit], y[fit], groups[fit], study, storage, callbacks)
-    if params.protocol == "paper":
-        metrics, scores = inner_cv_metrics(search.estimator, x, y, groups, inner_folds(params.svm.inner_splits,
-                                                                                       params.seed))
-        return FoldResult(search, fit, np.arange(len(y)), scores, metrics)
-    test = np.flatnonzero(folds == fold)
-    scores = search.estimator.decision_function(x[test])
-    return FoldResult(search, fit, test, scores, binary_metrics(y[test], scores, 0.0))
 
 
 def trial_logger(fold_run):
@@ -136,7 +125,7 @@ def save_c_search_png(path: Path, tried: pd.DataFrame, best_c: float, title: str
     plt.close(fig)
 
 
-def log_fold(result: FoldResult, y: np.ndarray, x_fit: np.ndarray, fold: int, search: str) -> None:
+def log_fold(result: SvmFoldResult, y: np.ndarray, x_fit: np.ndarray, fold: int, search: str) -> None:
     import mlflow
 
     mlflow.log_params({"C": result.search.best_c, "n_fit_rows": len(result.fit_rows),
@@ -145,7 +134,7 @@ def log_fold(result: FoldResult, y: np.ndarray, x_fit: np.ndarray, fold: int, se
     truth, scores = y[result.scored_rows], result.scores
     with tracking.artifact_dir() as tmp:
         save_roc_png(tmp / "roc.png", {"SVM": (truth, scores)}, f"fold {fold}")
-        save_confusion_png(tmp / "confusion_matrix.png", truth, (scores >= 0).astype(int), f"fold {fold}")
+        save_confusion_png(tmp / "confusion_matrix.png", truth, (scores >= THRESHOLDS[CLASSIFIER]).astype(int), f"fold {fold}")
         result.search.tried.to_csv(tmp / "c_search.csv", index=False)
         save_c_search_png(tmp / "c_search.png", result.search.tried, result.search.best_c, f"fold {fold}: {search}")
     log_pipeline(result.search.estimator, x_fit[:5])
@@ -194,11 +183,12 @@ def run_svm(params: Params, dataset: str, backbone: str, strategy: int, estimato
             with tracking.fold_run(parent, fold) as run:
                 callbacks = [trial_logger(mlflow.get_run(run.info.run_id))] if cfg.search == "optuna" else []
                 study = study_name(params, dataset, backbone, strategy, fold)
-                result = evaluate_fold(params, estimator, data, fold, study, storage, callbacks)
+                result = evaluate_fold(cfg, params.seed, params.protocol, estimator, data.features[fold], y,
+                                       data.rows["group"].to_numpy(), data.folds, fold, study, storage, callbacks)
                 log_fold(result, y, data.features[fold][result.fit_rows], fold, cfg.search)
             test = np.flatnonzero(data.folds == fold)
             oof.loc[test, "C"] = result.search.best_c
-            oof.loc[test, "score"] = result.scores if params.protocol != "paper" else result.scores[test]
+            oof.loc[test, "score"] = result.scores[test] if rules(params.protocol).svm_on_all_images else result.scores
             per_fold.append(result.metrics)
             chosen_c.append(result.search.best_c)
             tried.append(result.search.tried.assign(fold=fold))

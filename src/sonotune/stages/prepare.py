@@ -8,8 +8,8 @@ and moved into place at the end, so a failure leaves the previous output intact.
 
 The image arrays are the decoded image cache: each image is decoded, made RGB and resized once per input
 size, and the arrays are keyed by (dataset, size, resize policy, manifest digest) in cache.json, so
-`load_prepared` refuses arrays that do not belong to the manifest beside them and no epoch decodes a file.
-`dataset_info(NAME)` gives the digest and counts for tracking the dataset on the runs that use it.
+`data.prepared.load_prepared` refuses arrays that do not belong to the manifest beside them and no epoch
+decodes a file.
 """
 
 from __future__ import annotations
@@ -22,34 +22,18 @@ import pandas as pd
 
 from sonotune.config import Params
 from sonotune.data.images import build_image_array
-from sonotune.data.manifest import (
-    build_manifest,
-    check_study_ready,
-    first_problem,
-    included,
-    manifest_digest,
-    read_manifest,
-)
-from sonotune.data.report import data_report
+from sonotune.data.data_report import data_report
+from sonotune.data.manifest import build_manifest, check_study_ready, first_problem, included
+from sonotune.data.prepared import PREPARED_ROOT, image_array_path
 from sonotune.data.sources import collect_records
 from sonotune.errors import DataError
 from sonotune.layout import staged_dir
 from sonotune.models.backbones import get_spec
 
-PREPARED_ROOT = Path("prepared")
-
-
-def prepared_dir(dataset: str, root: Path = PREPARED_ROOT) -> Path:
-    return root / dataset
-
 
 def input_sizes(params: Params) -> list[int]:
     """Every square input side the study's backbones need."""
     return sorted({params.finetune.input_size or get_spec(name).native_size for name in params.study.backbones})
-
-
-def image_array_path(dataset: str, size: int, root: Path = PREPARED_ROOT) -> Path:
-    return prepared_dir(dataset, root) / f"images_{size}.npy"
 
 
 def scan_dataset(source, work_dir: Path, seed: int, near_distance: int | None = 6, label_conflicts: str = "exclude",
@@ -69,7 +53,7 @@ def _final_path(path: Path, staging: Path, target: Path) -> str:
 def _write_cache(staging: Path, dataset: str, params: Params, paths: list[Path], digest: str) -> None:
     sizes = input_sizes(params)
     for size in sizes:
-        np.save(staging / f"images_{size}.npy", build_image_array(paths, size, params.prepare.resize))
+        np.save(staging / image_array_path(dataset, size).name, build_image_array(paths, size, params.prepare.resize))
     key = {"dataset": dataset, "sizes": sizes, "resize": params.prepare.resize, "digest": digest}
     (staging / "cache.json").write_text(json.dumps(key, indent=2) + "\n")
 
@@ -92,35 +76,3 @@ def prepare_dataset(params: Params, dataset: str, root: Path = PREPARED_ROOT, st
         _write_cache(staging, dataset, params, paths, report["digest"])
     (root / f"{dataset}.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def load_prepared(dataset: str, size: int, root: Path = PREPARED_ROOT):
-    """The included manifest rows and their (n, size, size, 3) uint8 images, in the same order."""
-    folder = prepared_dir(dataset, root)
-    if not (folder / "manifest.csv").is_file():
-        raise DataError(f"{folder / 'manifest.csv'}: not found; run `sonotune prepare --dataset {dataset}` first")
-    full = read_manifest(folder / "manifest.csv")
-    key = json.loads((folder / "cache.json").read_text())
-    if key["digest"] != manifest_digest(full) or size not in key["sizes"]:
-        raise DataError(f"{image_array_path(dataset, size, root)}: image cache does not match the manifest "
-                        f"(or has no {size} px arrays); rerun `sonotune prepare --dataset {dataset}`")
-    manifest = included(full)
-    images = np.load(image_array_path(dataset, size, root), mmap_mode="r")
-    return manifest, images
-
-
-def dataset_info(dataset: str, root: Path = PREPARED_ROOT) -> dict:
-    """Flat facts about a prepared dataset to record on the runs that use it (MLflow tags/params).
-
-    Keys: dataset, source, digest, n_images, n_<label> per class, n_groups, n_excluded, n_duplicate_groups.
-    For `mlflow.log_input`: `mlflow.data.from_pandas(manifest, name=dataset, digest=info["digest"])`.
-    """
-    path = root / f"{dataset}.json"
-    if not path.is_file():
-        raise DataError(f"{path}: not found; run `sonotune prepare --dataset {dataset}` first")
-    report = json.loads(path.read_text())
-    info = {"dataset": dataset, "source": report["source"], "digest": report["digest"],
-            "n_images": report["n_images"]}
-    info.update({f"n_{label}": n for label, n in report["per_class"].items()})
-    info.update({key: report[key] for key in ("n_groups", "n_excluded", "n_duplicate_groups")})
-    return info

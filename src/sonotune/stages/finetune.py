@@ -26,25 +26,24 @@ from tqdm.auto import tqdm
 from sonotune import tracking
 from sonotune.config import Params, flatten
 from sonotune.cv import Fold, fold_plan
-from sonotune.data.manifest import label_vector, manifest_digest
-from sonotune.gradcam import log_study_overlays
+from sonotune.data.manifest import manifest_digest
+from sonotune.data.prepared import dataset_info_if_prepared
+from sonotune.gradcam import gradcam_maps, layer_for, resize_map, save_overlay
 from sonotune.metrics import METRIC_NAMES, binary_metrics, summarize
-from sonotune.models.backbones import check_backbone, create_backbone, get_spec
-from sonotune.models.head import HeadConfig, build_classifier, feature_model, inference_copy
-from sonotune.models.prefix_cache import fit_with_prefix_cache, predict_with_prefix_cache
-from sonotune.models.strategies import apply_strategy
+from sonotune.models.head import inference_copy
+from sonotune.models.training import PrefixCache, better, predict_outputs, train_fold
 from sonotune.outputs import write_plot_data, write_stage_outputs
 from sonotune.plots import save_confusion_png, save_roc_png
-from sonotune.prepare import load_prepared
 from sonotune.resume import FoldStore, fingerprint, resume_dir
+from sonotune.stages.inputs import TrainingInputs, load_training_inputs
+from sonotune.vocabulary import CLASS_NAMES, THRESHOLDS
 
 CLASSIFIER = "mlp"
-PREDICT_BATCH = 64
-THRESHOLD = 0.5
+THRESHOLD = THRESHOLDS[CLASSIFIER]
 
 
 @dataclass
-class FoldResult:
+class FinishedFold:
     """What a finished fold leaves behind (persisted by the FoldStore, so a resumed run can rebuild outputs)."""
 
     fold: int
@@ -65,63 +64,12 @@ class FoldResult:
         return {"score": self.score, "pooled": self.pooled, "dense": self.dense}
 
     @classmethod
-    def load(cls, store: FoldStore, fold: int, record: dict) -> "FoldResult":
+    def load(cls, store: FoldStore, fold: int, record: dict) -> "FinishedFold":
         fields = {k: record[k] for k in ("run_id", "metrics", "best_epoch", "monitored", "seconds")}
         return cls(fold=fold, **fields, **store.load_arrays(fold))
 
 
-def _epoch_bar(total: int, description: str, monitor: str):
-    import keras
-
-    class EpochBar(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.bar = tqdm(total=total, desc=description, unit="epoch", leave=False)
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in (logs or {}).items() if k in ("loss", monitor)})
-            self.bar.update()
-
-        def on_train_end(self, logs=None):
-            self.bar.close()
-
-    return EpochBar()
-
-
-def _better(monitor: str, a: float, b: float) -> bool:
-    """Whether monitored value `a` beats `b` (AUC: higher; loss: lower)."""
-    return a < b if monitor == "val_loss" else a > b
-
-
-def train_fold(params: Params, backbone: str, strategy: int, x: np.ndarray, y: np.ndarray, fold: Fold):
-    """Train one fold's classifier; return (model restored to its best epoch, history dict, best epoch, best value)."""
-    import keras
-
-    cfg = params.finetune
-    keras.utils.set_random_seed(params.seed + fold.index)
-    base = create_backbone(backbone, cfg.input_size, cfg.weights)
-    apply_strategy(base, backbone, strategy, cfg.freeze_bn)
-    model = build_classifier(base, HeadConfig(cfg.dense_units, cfg.dropout, cfg.learning_rate))
-    onehot = keras.utils.to_categorical(y, 2)
-    mode = "min" if cfg.monitor == "val_loss" else "max"
-    # EarlyStopping with patience = epochs never stops early: it is the "keep the best epoch" selector
-    best = keras.callbacks.EarlyStopping(
-        monitor=cfg.monitor, mode=mode, patience=cfg.epochs, restore_best_weights=True
-    )
-    callbacks = [best, _epoch_bar(cfg.epochs, f"{backbone}-{strategy} fold {fold.index}", cfg.monitor)]
-    if cfg.prefix_cache:  # same math, frozen layers run once per image set (falls back to the fit below, logged)
-        history = fit_with_prefix_cache(model, x, onehot, fold.fit, fold.val, epochs=cfg.epochs,
-                                        batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
-        return model, history.history, best.best_epoch, float(best.best)
-    history = model.fit(
-        x[fold.fit], onehot[fold.fit],
-        validation_data=(x[fold.val], onehot[fold.val]),
-        epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
-        callbacks=callbacks,
-    )
-    return model, history.history, best.best_epoch, float(best.best)
-
-
-def _log_fold_curves_and_figures(fold: Fold, history: dict, result: FoldResult, y_test: np.ndarray) -> None:
+def _log_fold_curves_and_figures(fold: Fold, history: dict, result: FinishedFold, y_test: np.ndarray) -> None:
     import mlflow
 
     for step in range(len(history.get("loss", []))):
@@ -133,36 +81,52 @@ def _log_fold_curves_and_figures(fold: Fold, history: dict, result: FoldResult, 
                            f"fold {fold.index}")
 
 
-def run_fold(params: Params, backbone: str, strategy: int, x, y, fold: Fold, parent, store: FoldStore,
-             best_so_far: FoldResult | None, images=None) -> FoldResult:
+def log_study_overlays(classifier, backbone: str, x: np.ndarray, images: np.ndarray, rows: np.ndarray,
+                       y: np.ndarray, alpha: float = 0.4) -> None:
+    """Log Grad-CAM overlays of images `rows` (MLP head) to the active MLflow run, under `gradcam/`.
+
+    `x` holds the preprocessed inputs, `images` the same images as uint8 (what the overlay is drawn on).
+    """
+    if len(rows) == 0:
+        return
+    maps = gradcam_maps(classifier, layer_for(backbone, classifier), x[rows])
+    probabilities = classifier.predict(x[rows], verbose=0)[:, 1]
+    with tracking.artifact_dir() as tmp:
+        for row, cam, probability in zip(rows, maps, probabilities):
+            image = np.asarray(images[row])
+            save_overlay(tmp / "gradcam" / f"image{row:05d}_{CLASS_NAMES[int(y[row])]}_p{probability:.2f}.png", image,
+                         resize_map(cam, *image.shape[:2]), alpha)
+
+
+def run_fold(params: Params, backbone: str, strategy: int, data: TrainingInputs, fold: Fold, parent,
+             store: FoldStore, best_so_far: FinishedFold | None, cache: PrefixCache | None) -> FinishedFold:
     """Train, predict, log and persist one fold; the record is written only after its MLflow run is closed."""
     import mlflow
 
+    x, y = data.x, data.y
     started = time.perf_counter()
     with tracking.fold_run(parent, fold.index) as child:
-        model, history, best_epoch, monitored = train_fold(params, backbone, strategy, x, y, fold)
+        model, history, best_epoch, monitored = train_fold(params.finetune, params.seed, backbone, strategy, x, y,
+                                                           fold, cache)
         # one pass over every image: test-fold probabilities and the SVM's features together
-        if params.finetune.prefix_cache:  # reuses the frozen part's activations cached by train_fold
-            activations = predict_with_prefix_cache(feature_model(model), x, PREDICT_BATCH)
-        else:
-            activations = feature_model(model).predict(x, batch_size=PREDICT_BATCH, verbose=0)
+        activations = predict_outputs(model, x, cache)
         score = activations["probabilities"][fold.test, 1].astype(np.float64)
-        result = FoldResult(
+        result = FinishedFold(
             fold=fold.index, run_id=child.info.run_id,
             metrics=binary_metrics(y[fold.test], score, THRESHOLD), best_epoch=best_epoch, monitored=monitored,
             seconds=0.0, score=score,
             pooled=activations["pooled"].astype(np.float32), dense=activations["dense"].astype(np.float32),
         )
         _log_fold_curves_and_figures(fold, history, result, y[fold.test])
-        if images is not None and params.gradcam.study_images:  # Grad-CAM of the first test images (gradcam.py)
-            log_study_overlays(model, backbone, x, images, fold.test[:params.gradcam.study_images], y,
+        if params.gradcam.study_images:  # Grad-CAM of the first test images (gradcam.py)
+            log_study_overlays(model, backbone, x, data.images, fold.test[:params.gradcam.study_images], y,
                                params.gradcam.alpha)
         if params.finetune.log_models == "all":
             tracking.log_keras_model(inference_copy(model), x[:2])
         result.seconds = time.perf_counter() - started
         mlflow.log_metric("fold_seconds", result.seconds)
     if params.finetune.log_models == "best":
-        if best_so_far is None or _better(params.finetune.monitor, monitored, best_so_far.monitored):
+        if best_so_far is None or better(params.finetune.monitor, monitored, best_so_far.monitored):
             inference_copy(model).save(store.model_path(fold.index))
     store.save_fold(fold.index, result.record(), result.arrays())
     store.keep_only_model(_best_fold(params.finetune.monitor, [r for r in (best_so_far, result) if r]).fold)
@@ -170,15 +134,15 @@ def run_fold(params: Params, backbone: str, strategy: int, x, y, fold: Fold, par
     return result
 
 
-def _best_fold(monitor: str, results: list[FoldResult]) -> FoldResult:
+def _best_fold(monitor: str, results: list[FinishedFold]) -> FinishedFold:
     best = results[0]
     for result in results[1:]:
-        if _better(monitor, result.monitored, best.monitored):
+        if better(monitor, result.monitored, best.monitored):
             best = result
     return best
 
 
-def _log_best_model(store: FoldStore, best: FoldResult, example: np.ndarray) -> None:
+def _log_best_model(store: FoldStore, best: FinishedFold, example: np.ndarray) -> None:
     import keras
     import mlflow
 
@@ -188,13 +152,13 @@ def _log_best_model(store: FoldStore, best: FoldResult, example: np.ndarray) -> 
     mlflow.set_tag("best_fold", str(best.fold))
 
 
-def fold_line(result: FoldResult, epochs: int) -> str:
+def fold_line(result: FinishedFold, epochs: int) -> str:
     m = result.metrics
     return (f"  fold {result.fold}: auc={m['auc']:.3f} acc={m['accuracy']:.3f} sens={m['recall']:.3f} "
             f"spec={m['specificity']:.3f} best_epoch={result.best_epoch + 1}/{epochs} {result.seconds:.1f}s")
 
 
-def summary_table(title: str, results: list[FoldResult], summary: dict, pooled: dict) -> str:
+def summary_table(title: str, results: list[FinishedFold], summary: dict, pooled: dict) -> str:
     """A plain-text table: one row per fold, then mean ± sd and the pooled out-of-fold metrics."""
     shown = ("auc", "accuracy", "recall", "specificity", "precision", "f1", "mcc")
     header = f"{'fold':>11} " + " ".join(f"{name[:11]:>11}" for name in shown) + f" {'best ep':>7} {'time s':>7}"
@@ -225,8 +189,8 @@ def _open_parent(params: Params, dataset: str, backbone: str, strategy: int, run
     resumed = tracking.resumable_run_id(store.parent_run_id)
     if resumed is None and store.done():
         store.clear()  # folds without their MLflow runs cannot be resumed faithfully: start over
-        store = FoldStore(store.root, store.key)
-    tags = tracking.dataset_tags(dataset) | {tracking.FINGERPRINT_TAG: store.key}
+        store = FoldStore.open(store.root, store.key)
+    tags = tracking.dataset_tags(dataset_info_if_prepared(dataset)) | {tracking.FINGERPRINT_TAG: store.key}
     context = tracking.parent_run(dataset, backbone, strategy, CLASSIFIER, params.protocol, run_params,
                                   run_id=resumed, extra_tags=tags)
     return context, store
@@ -237,16 +201,13 @@ def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> 
     import keras
     import mlflow
 
-    size = params.finetune.input_size or get_spec(backbone).native_size
-    check_backbone(backbone, size, params.finetune.weights)  # a config error stops here: no run, no store
-    manifest, images = load_prepared(dataset, size)
-    y = label_vector(manifest)
-    groups = manifest["group"].to_numpy()
-    folds = fold_plan(y, groups, params.protocol, params.cv.n_splits, params.cv.val_fraction, params.seed)
-    x = get_spec(backbone).preprocess()(np.asarray(images, dtype=np.float32))
+    data = load_training_inputs(params.finetune, dataset, backbone)  # a config error stops here: no run, no store
+    manifest, size = data.manifest, data.input_size
+    folds = fold_plan(data.y, data.groups, params.protocol, params.cv.n_splits, params.cv.val_fraction, params.seed)
     monitor = params.finetune.monitor
+    cache = PrefixCache() if params.finetune.prefix_cache else None
 
-    store = FoldStore(resume_dir(dataset, backbone, strategy, CLASSIFIER),
+    store = FoldStore.open(resume_dir(dataset, backbone, strategy, CLASSIFIER),
                       configuration_key(params, dataset, backbone, strategy, manifest, size))
     run_params = flatten(params.finetune, "finetune.") | flatten(params.cv, "cv.") | {
         "seed": params.seed, "protocol": params.protocol, "input_size": size, "dataset": dataset,
@@ -256,7 +217,7 @@ def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> 
     with parent_context as parent:
         store.set_parent_run_id(parent.info.run_id)
         tracking.fail_stale_runs(dataset, store.key, keep=parent.info.run_id)
-        results = {k: FoldResult.load(store, k, record) for k, record in store.done().items()}
+        results = {k: FinishedFold.load(store, k, record) for k, record in store.done().items()}
         tracking.discard_unfinished_folds(parent, keep={r.run_id for r in results.values()})
         if results:
             tqdm.write(f"{title}: resuming, folds {sorted(results)} already done")
@@ -265,7 +226,7 @@ def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> 
             if fold.index in results:
                 continue
             best = _best_fold(monitor, list(results.values())) if results else None
-            results[fold.index] = run_fold(params, backbone, strategy, x, y, fold, parent, store, best, images)
+            results[fold.index] = run_fold(params, backbone, strategy, data, fold, parent, store, best, cache)
             tqdm.write(fold_line(results[fold.index], params.finetune.epochs))
             bar.update()
             keras.backend.clear_session()
@@ -273,7 +234,7 @@ def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> 
         bar.close()
 
         ordered = [results[fold.index] for fold in folds]
-        oof = manifest[["path", "group", "label"]].assign(y=y, fold=-1, score=np.nan)
+        oof = manifest[["path", "group", "label"]].assign(y=data.y, fold=-1, score=np.nan)
         for fold, result in zip(folds, ordered):
             oof.loc[fold.test, "fold"] = fold.index
             oof.loc[fold.test, "score"] = result.score
@@ -285,7 +246,7 @@ def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> 
                            | {"fold_seconds_mean": float(np.mean([r.seconds for r in ordered]))})
         if params.finetune.log_models == "best":
             best = _best_fold(monitor, ordered)
-            _log_best_model(store, best, x[:2])
+            _log_best_model(store, best, data.x[:2])
         write_stage_outputs(dataset, backbone, strategy, CLASSIFIER, oof, per_fold, summary, features,
                             extra={"pooled": pooled})
         write_plot_data(dataset, backbone, strategy, CLASSIFIER, oof, THRESHOLD)

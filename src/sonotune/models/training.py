@@ -1,0 +1,115 @@
+"""Training one fold of the study's classifier: build the backbone, freeze per strategy, fit with best-epoch
+selection, then one prediction pass for the test scores and the SVM's features.
+
+Library code: arrays, a `cv.Fold`, the `finetune` section of the params and a seed in; a trained Keras model out.
+It knows nothing of stages, files or MLflow. The frozen-prefix cache (`PrefixCache`) is an object the caller
+creates and passes to every fold of one configuration, so the folds share the frozen part's activations and
+the compiled suffix; without one, the model is fitted whole (the paper's way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sonotune.config import Finetune
+from sonotune.cv import Fold
+from sonotune.models.backbones import create_backbone
+from sonotune.models.head import HeadConfig, build_classifier, feature_model
+from sonotune.models.prefix_cache import (
+    ActivationStore,
+    SuffixPool,
+    fit_with_prefix_cache,
+    predict_with_prefix_cache,
+)
+from sonotune.models.strategies import apply_strategy
+
+PREDICT_BATCH = 64
+
+
+@dataclass
+class PrefixCache:
+    """The frozen prefix's activations and the compiled suffixes, shared by the folds of one configuration."""
+
+    store: ActivationStore = field(default_factory=ActivationStore)
+    suffixes: SuffixPool = field(default_factory=SuffixPool)
+
+    def clear(self) -> None:
+        self.store.clear()
+        self.suffixes.clear()
+
+
+class TrainedFold(NamedTuple):
+    model: object  # the Keras classifier, restored to its best epoch
+    history: dict  # per-epoch values of loss, metrics and their val_ forms
+    best_epoch: int  # 0-based
+    monitored: float  # best value of finetune.monitor
+
+
+def better(monitor: str, a: float, b: float) -> bool:
+    """Whether monitored value `a` beats `b` (AUC: higher; loss: lower)."""
+    return a < b if monitor == "val_loss" else a > b
+
+
+def epoch_bar(total: int, description: str, monitor: str):
+    """A Keras callback showing a tqdm bar over epochs with the loss and the monitored value."""
+    import keras
+
+    class EpochBar(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar = tqdm(total=total, desc=description, unit="epoch", leave=False)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in (logs or {}).items() if k in ("loss", monitor)})
+            self.bar.update()
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    return EpochBar()
+
+
+def build_fold_model(cfg: Finetune, backbone: str, strategy: int):
+    """The backbone with its first layers frozen per `strategy`, under the paper's head, compiled."""
+    base = create_backbone(backbone, cfg.input_size, cfg.weights)
+    apply_strategy(base, backbone, strategy, cfg.freeze_bn)
+    return build_classifier(base, HeadConfig(cfg.dense_units, cfg.dropout, cfg.learning_rate))
+
+
+def train_fold(cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.ndarray, y: np.ndarray, fold: Fold,
+               cache: PrefixCache | None = None) -> TrainedFold:
+    """Train on `fold.fit`, keep the epoch with the best `cfg.monitor` on `fold.val`; seeded with seed + fold.
+
+    With `cache`, the frozen layers run once per image set (same math: the weights match the full model's fit
+    up to float rounding; falls back to the full fit, logged, when nothing is frozen)."""
+    import keras
+
+    keras.utils.set_random_seed(seed + fold.index)
+    model = build_fold_model(cfg, backbone, strategy)
+    onehot = keras.utils.to_categorical(y, 2)
+    mode = "min" if cfg.monitor == "val_loss" else "max"
+    # EarlyStopping with patience = epochs never stops early: it is the "keep the best epoch" selector
+    best = keras.callbacks.EarlyStopping(
+        monitor=cfg.monitor, mode=mode, patience=cfg.epochs, restore_best_weights=True
+    )
+    callbacks = [best, epoch_bar(cfg.epochs, f"{backbone}-{strategy} fold {fold.index}", cfg.monitor)]
+    fit = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
+    if cache is not None:
+        history = fit_with_prefix_cache(model, x, onehot, fold.fit, fold.val, store=cache.store,
+                                        suffixes=cache.suffixes, **fit)
+    else:
+        history = model.fit(x[fold.fit], onehot[fold.fit], validation_data=(x[fold.val], onehot[fold.val]), **fit)
+    return TrainedFold(model, history.history, best.best_epoch, float(best.best))
+
+
+def predict_outputs(model, x: np.ndarray, cache: PrefixCache | None = None) -> dict[str, np.ndarray]:
+    """One pass over every image: `probabilities` (n, 2), `pooled` and `dense` features (head.feature_model).
+
+    With the cache that trained the model, the frozen part's activations are reused, not recomputed."""
+    features = feature_model(model)
+    if cache is not None:
+        return predict_with_prefix_cache(features, x, PREDICT_BATCH, store=cache.store, suffixes=cache.suffixes)
+    return features.predict(x, batch_size=PREDICT_BATCH, verbose=0)
