@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import BIN, copy_repo, project_env, run, tiny_params  # noqa: E402
+from tests.workspace import BIN, copy_repo, project_env, run, tiny_params  # noqa: E402
 from tests.servers import mlflow_server, queue_status  # noqa: E402
 
 TINY = {"finetune.epochs": 1, "cv.n_splits": 2, "svm.inner_splits": 2}

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import requests
 
-from tests.conftest import BIN, project_env, run
+from tests.workspace import BIN, project_env, run
 
 STARTUP_TIMEOUT_S = 180  # healthy in 6–12 s on an idle machine; much slower on a loaded CI runner
 

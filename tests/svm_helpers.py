@@ -15,7 +15,7 @@ from sonotune.config import parse_params
 from sonotune.cv import outer_folds
 from sonotune.layout import stage_dir
 from sonotune.svm.search import svm_pipeline
-from tests.conftest import tiny_params
+from tests.workspace import tiny_params
 
 DATASET, BACKBONE, STRATEGY = "phantom", "vgg16", 15
 N_FOLDS = 3

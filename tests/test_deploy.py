@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import copy_repo, project_env, run, tiny_params
+from tests.workspace import copy_repo, project_env, run, tiny_params
 
 NAME = "sonotune-phantom"
 CONFIG = ["--dataset", "phantom", "--backbone", "vgg16", "--strategy", "0"]

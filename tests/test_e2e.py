@@ -6,7 +6,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from tests.conftest import run
+from tests.workspace import run
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ from sonotune.deploy import ImageModel, ModelConfig
 from sonotune.gradcam import gradcam_maps, layer_for, overlay, svm_target
 from sonotune.models.backbones import BACKBONES, create_backbone, get_spec
 from sonotune.models.head import HeadConfig, build_classifier, feature_model
-from tests.conftest import copy_repo, run, tiny_params
+from tests.workspace import copy_repo, run, tiny_params
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

@@ -20,7 +20,7 @@ from sonotune import report
 from sonotune.config import parse_params
 from sonotune.metrics import binary_metrics, summarize
 from sonotune.outputs import write_stage_outputs
-from tests.conftest import BIN, copy_repo, project_env, run, tiny_params
+from tests.workspace import BIN, copy_repo, project_env, run, tiny_params
 
 N_IMAGES, N_FOLDS = 120, 3
 

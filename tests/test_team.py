@@ -14,8 +14,7 @@ import requests
 import yaml
 
 from sonotune import team
-from sonotune.config import load_params
-from tests.conftest import BIN, copy_repo, project_env, run, tiny_params
+from tests.workspace import BIN, copy_repo, project_env, run, tiny_params
 from tests.servers import free_port, is_alive, mlflow_server, wait_for_queue
 
 TINY = {"finetune.epochs": 1, "cv.n_splits": 2, "svm.inner_splits": 2}
@@ -97,16 +96,6 @@ def test_queue_needs_a_tracking_server(tmp_path):
     result, _ = _sonotune(["queue"], tmp_path, project_env())
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "not a tracking server" in result.stderr and "sqlite:///" in result.stderr
-
-
-def test_grid_experiments_narrow_the_study_to_one_configuration(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(tiny_params(**{"study.backbones": ["vgg16", "resnet50"]})))
-    commands = team.queue_commands(load_params(path), prefix="t-")
-    assert [c[c.index("--name") + 1] for c in commands] == [
-        "t-phantom-vgg16-0", "t-phantom-vgg16-15", "t-phantom-resnet50-0", "t-phantom-resnet50-15"]
-    assert commands[3][-6:] == ["--set-param", "study.datasets=[phantom]", "--set-param",
-                                "study.backbones=[resnet50]", "--set-param", "study.strategies=[15]"]
 
 
 def test_server_command_defaults_to_loopback_and_proxied_artifacts(tmp_path):

@@ -1,6 +1,7 @@
 """`sonotune <command>`: thin command-line wrappers over the stage functions.
 
-Commands: phantom, prepare, inspect, finetune, svm, report, strategies, deploy, promote, predict, server, queue.
+Commands: phantom, prepare, inspect, params, finetune, svm, report, strategies, deploy, promote, predict, server,
+queue. Option defaults that stand for a params key come from the params schema (`config.default`).
 A user error (bad params, bad data) prints one line to stderr and exits with status 2.
 """
 
@@ -187,9 +188,10 @@ def cmd_queue(args) -> None:
 
     from sonotune import team, tracking
     from sonotune.config import load_params
+    from sonotune.stages.queue import queue_commands
 
     team.require_server_for_queue(tracking.tracking_uri())
-    commands = team.queue_commands(load_params(args.params), args.prefix)
+    commands = queue_commands(load_params(args.params), args.prefix)
     if args.jobs:
         commands.append(["dvc", "queue", "start", "--jobs", str(args.jobs)])
     for command in commands:
@@ -224,6 +226,7 @@ def add_team_parsers(sub) -> None:
 
 
 def add_inspect_parser(sub) -> None:
+    from sonotune.config import CV, Prepare, default
     from sonotune.data.inspection import KINDS
 
     inspect = sub.add_parser("inspect", help="check a dataset folder or CSV manifest and print its data report")
@@ -231,8 +234,9 @@ def add_inspect_parser(sub) -> None:
     inspect.add_argument("--kind", choices=KINDS, help="source kind (default: detected from the layout)")
     inspect.add_argument("--manifest", metavar="FILE", help="also write the manifest CSV to FILE")
     inspect.add_argument("--strict", action="store_true", help="stop at the first bad image instead of excluding it")
-    inspect.add_argument("--folds", type=int, default=5, help="check each class has a group per fold (0: skip)")
-    inspect.add_argument("--near-distance", type=int, default=6,
+    inspect.add_argument("--folds", type=int, default=default(CV, "n_splits"),
+                         help="check each class has a group per fold (0: skip)")
+    inspect.add_argument("--near-distance", type=int, default=default(Prepare, "near_duplicate_distance"),
                          help="perceptual-hash Hamming distance of near duplicates (-1: exact duplicates only)")
     inspect.add_argument("--keep-normal", action="store_true", help="BUSI: count normal images as benign")
     inspect.add_argument("--classes", metavar="DIR=LABEL,…",
@@ -240,16 +244,33 @@ def add_inspect_parser(sub) -> None:
     inspect.set_defaults(func=cmd_inspect)
 
 
+def cmd_params(args) -> None:
+    from sonotune.config import write_merged
+
+    out = write_merged(args.params, args.overrides, args.out)
+    print(f"wrote {out}: {args.params} with {', '.join(args.overrides)} laid over it (validated)")
+
+
+def add_params_parser(sub) -> None:
+    params = sub.add_parser("params", help="lay overrides files (e.g. configs/paper.yaml) over params.yaml")
+    params.add_argument("overrides", nargs="+", help="YAML files holding only the keys that change, applied in order")
+    params.add_argument("--params", default="params.yaml", help="the params file to start from")
+    params.add_argument("--out", help="where to write the result (default: --params itself, comments kept)")
+    params.set_defaults(func=cmd_params)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from sonotune.config import Params, PhantomSource, default
+
     parser = argparse.ArgumentParser(prog="sonotune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     phantom = sub.add_parser("phantom", help="write synthetic B-mode images as <out>/<class>/*.png")
     phantom.add_argument("out_dir")
-    phantom.add_argument("--n-benign", type=int, default=437)
-    phantom.add_argument("--n-malignant", type=int, default=210)
-    phantom.add_argument("--size", type=int, default=128)
-    phantom.add_argument("--seed", type=int, default=42)
+    phantom.add_argument("--n-benign", type=int, default=default(PhantomSource, "n_benign"))
+    phantom.add_argument("--n-malignant", type=int, default=default(PhantomSource, "n_malignant"))
+    phantom.add_argument("--size", type=int, default=default(PhantomSource, "image_size"))
+    phantom.add_argument("--seed", type=int, default=default(Params, "seed"))
     phantom.add_argument("--grid", action="store_true", help="write a sample grid PNG to OUT_DIR instead")
     phantom.set_defaults(func=cmd_phantom)
 
@@ -264,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = stage("prepare", cmd_prepare, help="manifest and image cache of one dataset")
     prepare.add_argument("--strict", action="store_true", help="stop at the first bad image instead of excluding it")
     add_inspect_parser(sub)
+    add_params_parser(sub)
     add_team_parsers(sub)
     for name, func in (("finetune", cmd_finetune), ("svm", cmd_svm)):
         command = stage(name, func, help=f"run the {name} stage for one configuration")

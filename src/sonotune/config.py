@@ -3,10 +3,16 @@
 `load_params(path)` returns a frozen `Params` tree; an unknown key, a wrong type or an out-of-range value
 raises `ConfigError` with one line naming the file, the dotted key and what was expected. Every stage reads
 its own section from the returned object; nothing else in the package opens params.yaml.
+
+An overrides file (e.g. `configs/paper.yaml`, the paper's study) holds only the keys that differ from
+params.yaml; `merge` lays it over params.yaml key by key (a mapping merges, any other value replaces), and
+`write_merged` (`sonotune params configs/paper.yaml`) writes the result back to params.yaml, comments kept, once
+the merged tree validates — DVC reads params.yaml only, so that is how a study switches configuration.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -214,16 +220,76 @@ def parse_params(raw: object, source: str = "params.yaml") -> Params:
     return params
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml."""
+def read_yaml(path: str | Path) -> object:
+    """A YAML file's content; ConfigError naming the file when it is missing or not YAML."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_params(raw, str(path))
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    return parse_params(read_yaml(path), str(path))
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """`overrides` laid over `base`: a mapping in both merges key by key, any other value replaces."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        both_mappings = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = merge(base[key], value) if both_mappings else value
+    return merged
+
+
+def merged_params(base: str | Path, overrides: list[str | Path]) -> dict:
+    """params.yaml with each overrides file laid over it in turn, validated; ConfigError names the bad file."""
+    raw = read_yaml(base)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{base}: expected a mapping of sections at the top level")
+    for path in overrides:
+        layer = read_yaml(path)
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        raw = merge(raw, layer)
+        parse_params(raw, f"{path} (merged over {base})")
+    parse_params(raw, str(base))
+    return raw
+
+
+def _update_in_place(document, values: dict) -> None:
+    """Set `values` into a ruamel round-trip mapping, keeping the comments of the keys that stay."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(document.get(key), dict):
+            _update_in_place(document[key], value)
+        elif document.get(key) != value or type(document.get(key)) is not type(value):
+            document[key] = value
+
+
+def write_merged(base: str | Path, overrides: list[str | Path], out: str | Path | None = None) -> Path:
+    """Write params.yaml (`base`) with the overrides laid over it to `out` (default: `base` itself), keeping
+    `base`'s comments; validated before anything is written, replaced in one rename."""
+    from ruamel.yaml import YAML
+
+    merged = merged_params(base, overrides)
+    rt = YAML()
+    rt.preserve_quotes = True
+    document = rt.load(Path(base).read_text())
+    _update_in_place(document, merged)
+    out = Path(out or base)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tmp.open("w") as stream:
+        rt.dump(document, stream)
+    os.replace(tmp, out)
+    return out
+
+
+def default(section: type[BaseModel], key: str):
+    """The default of one params key (for CLI options that stand for it)."""
+    return section.model_fields[key].default
 
 
 def flatten(params: BaseModel | dict, prefix: str = "") -> dict[str, object]:

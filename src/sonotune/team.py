@@ -1,6 +1,6 @@
-"""Working as a team: a shared MLflow tracking server, and the study grid on DVC's experiment queue.
+"""Working as a team: a shared MLflow tracking server (what `sonotune server` runs, and the preflight check).
 
-Three pieces, all thin over MLflow's and DVC's own tools (README "Working as a team"):
+Thin over MLflow's own tools (README "Working as a team"):
 - `check_tracking(uri)` runs first in every stage that logs (`sonotune finetune`, `sonotune svm`): a
   tracking server that does not answer `GET <uri>/health` within a few seconds stops the stage with one line
   naming the URI, before any data is loaded or model trained, so no half-logged run is left behind. A queued
@@ -8,9 +8,7 @@ Three pieces, all thin over MLflow's and DVC's own tools (README "Working as a t
   `mlruns/` would be deleted with the copy.
 - `server_command(...)` is what `sonotune server` runs: `mlflow server` on 127.0.0.1 (unless told otherwise),
   SQLite (or any SQLAlchemy URL) for runs, artifacts proxied by the server from `--artifacts-destination`.
-- `grid_experiments(params)` / `queue_commands(...)` are what `sonotune queue` runs: one
-  `dvc exp run --queue` per (dataset, backbone, strategy), named `<dataset>-<backbone>-<strategy>`, then
-  `dvc queue start -j N`. DVC gives every queued run its name in `DVC_EXP_NAME`, which tracking tags `dvc_exp`.
+- `require_server_for_queue(uri)`: `sonotune queue` (stages/queue.py) refuses to queue without a server.
 """
 
 from __future__ import annotations
@@ -18,13 +16,9 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from sonotune.errors import ConfigError, SonotuneError
-
-if TYPE_CHECKING:  # the stages' preflight imports this module: keep it light (it must fail in seconds)
-    from sonotune.config import Params
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -155,30 +149,6 @@ def server_environment(store: Path, basic_auth: bool) -> dict[str, str]:
     # signs the UI's CSRF tokens; several servers behind one address must share one (set it yourself)
     env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)
     return env
-
-
-def grid_experiments(params: Params) -> list[tuple[str, list[str]]]:
-    """(experiment name, `-S` overrides) per configuration of the study grid, each narrowing it to itself."""
-    study = params.study
-    return [
-        (f"{dataset}-{backbone}-{strategy}", [
-            f"study.datasets=[{dataset}]", f"study.backbones=[{backbone}]", f"study.strategies=[{strategy}]",
-        ])
-        for dataset in study.datasets
-        for backbone in study.backbones
-        for strategy in study.strategies
-    ]
-
-
-def queue_commands(params: Params, prefix: str = "") -> list[list[str]]:
-    """One `dvc exp run --queue -n NAME -S …` per configuration."""
-    commands = []
-    for name, overrides in grid_experiments(params):
-        command = ["dvc", "exp", "run", "--queue", "--name", f"{prefix}{name}"]
-        for override in overrides:
-            command += ["--set-param", override]
-        commands.append(command)
-    return commands
 
 
 def require_server_for_queue(uri: str) -> None:

@@ -18,7 +18,7 @@ from sonotune.models.prefix_cache import (
     ActivationStore, SuffixPool, find_cut, fit_with_prefix_cache,
     structure_signature,
 )
-from tests.conftest import tiny_params
+from tests.workspace import tiny_params
 
 RTOL = 1e-5  # float32; on the CI CPU the two paths agree bit for bit (docs/benchmarks.md)
 

@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from tests.conftest import copy_repo, run, tiny_params
+from tests.workspace import copy_repo, run, tiny_params
 
 pytestmark = pytest.mark.e2e
 

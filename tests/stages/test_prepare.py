@@ -16,7 +16,7 @@ from sonotune.data.manifest import COLUMNS, read_manifest
 from sonotune.errors import ConfigError, DataError
 from sonotune.data.prepared import dataset_info, load_prepared
 from sonotune.stages.prepare import prepare_dataset
-from tests.conftest import ROOT
+from tests.workspace import ROOT
 from tests.data.helpers import class_folders
 
 

@@ -13,7 +13,7 @@ import pytest
 from sonotune.stages.finetune import FinishedFold, summary_table
 from sonotune.metrics import binary_metrics, summarize
 from sonotune.outputs import write_plot_data
-from tests.conftest import copy_repo, project_env, run, tiny_params
+from tests.workspace import copy_repo, project_env, run, tiny_params
 
 CONFIG = ["--dataset", "phantom", "--backbone", "vgg16", "--strategy", "0"]
 STORE = ".sonotune/resume/phantom/vgg16/0/mlp"

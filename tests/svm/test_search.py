@@ -1,0 +1,58 @@
+"""The C search (svm/search.py): a seeded Optuna search is reproducible, and two processes share one study."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import optuna
+
+from sonotune.svm.search import inner_folds, optuna_search_c, svm_pipeline
+from tests.workspace import ROOT
+
+
+def _synthetic_xy(seed=0, n=60, dim=12):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3 == 0
+    x = rng.normal(size=(n, dim)) + 0.8 * y[:, None]
+    return x, y.astype(int), np.arange(n) // 2
+
+
+def test_seeded_optuna_gives_the_same_best_c_twice(tmp_path):
+    x, y, groups = _synthetic_xy()
+    found = []
+    for attempt in range(2):
+        result = optuna_search_c(svm_pipeline(20000, 7), x, y, groups, inner_folds(3, 7), 1e-4, 100.0, 6, seed=7,
+                                 storage=f"sqlite:///{tmp_path / f'study{attempt}.db'}", study_name="c")
+        found.append((result.best_c, result.tried["C"].tolist()))
+    assert found[0] == found[1]
+    other = optuna_search_c(svm_pipeline(20000, 7), x, y, groups, inner_folds(3, 7), 1e-4, 100.0, 6, seed=8,
+                            storage=None, study_name="c")
+    assert other.tried["C"].tolist() != found[0][1]  # the seed, not chance, made them equal
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from sonotune.svm.search import inner_folds, optuna_search_c, svm_pipeline
+    rng = np.random.default_rng(0)
+    y = (np.arange(60) % 3 == 0).astype(int)
+    x = rng.normal(size=(60, 12)) + 0.8 * y[:, None]
+    optuna_search_c(svm_pipeline(20000, 0), x, y, np.arange(60) // 2, inner_folds(3, 0), 1e-4, 100.0,
+                    n_trials=int(sys.argv[2]), seed=int(sys.argv[3]), storage=sys.argv[1], study_name="shared")
+""")
+
+
+def test_two_processes_share_one_sqlite_study(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    optuna.create_study(storage=storage, study_name="shared", direction="maximize")  # as a team would, once
+    env = {"PYTHONPATH": str(ROOT / "src") + ":" + str(ROOT), "PATH": "/usr/bin:/bin"}
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, storage, str(n), str(seed)], env=env,
+                                stderr=subprocess.PIPE, text=True) for n, seed in ((5, 1), (4, 2))]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0, worker.stderr.read()
+    study = optuna.load_study(study_name="shared", storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(study.trials) == len(done) == 9

@@ -1,0 +1,69 @@
+"""A throw-away copy of the repository with a tiny study, and running commands in it: shared by the tests
+(through conftest's fixtures) and the benchmarks that time the pipeline on the tests' tiny study."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+BIN = Path(sys.executable).parent
+
+
+def tiny_params(**overrides) -> dict:
+    """The repo's params.yaml shrunk to seconds: 36 phantom images at 32 px, vgg16, 3 folds, 2 epochs."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["study"] = {"datasets": ["phantom"], "backbones": ["vgg16"], "strategies": [0, 15]}
+    params["datasets"]["phantom"].update(n_benign=24, n_malignant=12, image_size=64)
+    params["cv"]["n_splits"] = 3
+    params["finetune"].update(input_size=32, epochs=2)
+    params["svm"]["inner_splits"] = 3
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return params
+
+
+def project_env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env or project_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+GENERATED = ("runs/", "prepared/", "reports/", "dvc.lock")  # results of a local `make demo`, never copied
+
+
+def copy_repo(dest: Path, params: dict) -> Path:
+    """Copy the project's tracked and untracked-but-not-ignored files into a new git repo at `dest`."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for rel in filter(None, listed):
+        source = ROOT / rel
+        if source.is_file() and not rel.startswith(GENERATED):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / rel)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=sonotune-tests", "-c", "user.email=tests@localhost"]
+    run(["git", "init", "-q"], dest)
+    run(git + ["add", "-A"], dest)
+    run(git + ["commit", "-qm", "tiny study"], dest)
+    return dest
