@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sonotune import report
+from sonotune.stages import report
 from sonotune.config import parse_params
 from sonotune.metrics import binary_metrics, summarize
 from sonotune.outputs import write_stage_outputs
