@@ -90,7 +90,7 @@ def cmd_svm(args) -> None:
 
 def cmd_report(args) -> None:
     from sonotune.config import load_params
-    from sonotune.report import run_report
+    from sonotune.stages.report import run_report
 
     params = load_params(args.params)
     if params.report.log_to_mlflow:

@@ -1,4 +1,4 @@
-"""The report stage on synthetic stage outputs (fast), and the tiny pipeline against a real `mlflow server`."""
+"""The intervals on the parent MLflow runs: a local SQLite store, and the tiny pipeline against a real `mlflow server`."""
 
 from __future__ import annotations
 
@@ -16,117 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sonotune import report
-from sonotune.config import parse_params
-from sonotune.metrics import binary_metrics, summarize
-from sonotune.outputs import write_stage_outputs
+from sonotune.stages.report import run_report
 from tests.workspace import BIN, copy_repo, project_env, run, tiny_params
-
-N_IMAGES, N_FOLDS = 120, 3
-
-
-def _params(backbones=("vgg16", "resnet50"), strategies=(0, 15, 50), **report_cfg):
-    raw = tiny_params(**{"study.backbones": list(backbones), "study.strategies": list(strategies)})
-    raw["report"] = {"n_bootstrap": 200, "log_to_mlflow": False} | report_cfg
-    return parse_params(raw)
-
-
-def _fake_study(params, quality: dict | None = None) -> None:
-    """Stage outputs as `finetune` and `svm` write them, for scores whose signal grows with `quality`."""
-    rng = np.random.default_rng(0)
-    group = np.arange(N_IMAGES) // 2  # two images per group, one class per group, both classes in every fold
-    y = (group % 5 < 2).astype(int)
-    base = pd.DataFrame({"path": [f"img{i}.png" for i in range(N_IMAGES)], "group": [f"g{g}" for g in group],
-                         "label": np.where(y, "malignant", "benign"), "y": y, "fold": group % N_FOLDS})
-    folds = base["fold"].to_numpy()
-    for dataset in params.study.datasets:
-        for backbone in params.study.backbones:
-            for strategy in params.study.strategies:
-                for classifier in ("mlp", "svm"):
-                    signal_ = (quality or {}).get((backbone, strategy, classifier), 0.5 + strategy / 50)
-                    raw = signal_ * y + rng.normal(size=N_IMAGES)
-                    score = 1 / (1 + np.exp(-raw)) if classifier == "mlp" else raw
-                    threshold = report.THRESHOLDS[classifier]
-                    per_fold = [binary_metrics(y[folds == k], score[folds == k], threshold) for k in range(N_FOLDS)]
-                    extra = {"chosen_c": [1.0, 10.0, 0.1]} if classifier == "svm" else None
-                    write_stage_outputs(dataset, backbone, strategy, classifier, base.assign(score=score), per_fold,
-                                        summarize(per_fold), extra=extra)
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def test_tables_match_the_per_fold_metrics(workdir):
-    params = _params()
-    _fake_study(params)
-    text = report.run_report(params)
-    reports = workdir / "reports"
-    table = pd.read_csv(reports / "table3.csv")
-    assert len(table) == 2 * 3 and list(table.columns[:3]) == ["dataset", "backbone", "strategy"]
-    for row in table.itertuples():
-        for classifier in ("mlp", "svm"):
-            metrics = json.loads((workdir / f"runs/phantom/{row.backbone}/{row.strategy}/{classifier}_metrics.json").read_text())
-            fold_aucs = [fold["auc"] for fold in metrics["folds"]]
-            assert getattr(row, f"{classifier}_auc") == pytest.approx(np.mean(fold_aucs), abs=1e-4)
-            assert getattr(row, f"{classifier}_auc_sd") == pytest.approx(np.std(fold_aucs, ddof=1), abs=1e-4)
-            assert getattr(row, f"{classifier}_auc_low") <= getattr(row, f"{classifier}_auc") <= getattr(row, f"{classifier}_auc_high")
-
-    t4 = pd.read_csv(reports / "table4.csv")
-    assert len(t4) == 2 and set(t4["strategy"]) == {15}
-    svm = json.loads((workdir / "runs/phantom/vgg16/15/svm_metrics.json").read_text())
-    row = t4[t4.backbone == "vgg16"].iloc[0]
-    assert row.svm_precision == pytest.approx(np.mean([f["precision"] for f in svm["folds"]]), abs=1e-4)
-    assert row.svm_sensitivity == pytest.approx(np.mean([f["recall"] for f in svm["folds"]]), abs=1e-4)
-    assert row.chosen_c == "1, 10, 0.1"
-    assert "| phantom | vgg16 |" in (reports / "table4.md").read_text()
-
-    tests = pd.read_csv(reports / "comparisons.csv")
-    # 3 strategy pairs × 2 backbones × 2 classifiers, and MLP vs SVM for the 6 configurations
-    assert len(tests) == 12 + 6
-    assert (tests["p_holm"] >= tests["p_value"] - 1e-12).all()
-
-    metrics = json.loads((reports / "metrics.json").read_text())
-    assert metrics["phantom"]["vgg16"]["15"]["mlp"]["auc"] == pytest.approx(table.loc[1, "mlp_auc"], abs=1e-4)
-    for name in ("auc_heatmap_phantom.png", "roc_phantom.png", "confusion_phantom.png"):
-        assert (reports / "figures" / name).stat().st_size > 5000
-    assert list(pd.read_csv(reports / "roc_best.csv").columns) == ["fpr", "mlp_tpr", "svm_tpr"]
-
-    assert text == (reports / "summary.md").read_text()
-    assert len(text.splitlines()) <= 40
-    assert "Best: phantom / " in text and "- phantom / vgg16: " in text and "- phantom / resnet50: " in text
-
-
-def test_summary_names_the_best_strategy_and_a_clear_winner(workdir):
-    params = _params(backbones=("vgg16",), strategies=(0, 15, 50))
-    quality = {("vgg16", 0, "mlp"): 0.0, ("vgg16", 15, "mlp"): 0.2, ("vgg16", 50, "mlp"): 4.0,
-               ("vgg16", 0, "svm"): 0.0, ("vgg16", 15, "svm"): 0.1, ("vgg16", 50, "svm"): 0.3}
-    _fake_study(params, quality)
-    text = report.run_report(params)
-    line = next(l for l in text.splitlines() if l.startswith("- phantom / vgg16:"))
-    assert "50 % with MLP" in line and "runner-up 15 %" in line and "→ distinguishable" in line
-    line = next(l for l in text.splitlines() if l.startswith("- phantom: SVM ahead in"))
-    assert "of 3 configurations" in line and "(vgg16 50 %: MLP +0.4" in line
-
-
-@pytest.mark.parametrize("test", ["delong", "bootstrap"])
-def test_one_backbone_one_strategy_degrades_gracefully(workdir, test):
-    params = _params(backbones=("vgg16",), strategies=(0,), paired_test=test)
-    _fake_study(params)
-    text = report.run_report(params)
-    assert "the study holds one strategy, no runner-up to compare" in text
-    assert "table4.md (0 %)" in text
-    assert "does not hold; showing 0 %" in (workdir / "reports" / "table4.md").read_text()
-    assert len(pd.read_csv(workdir / "reports" / "comparisons.csv")) == 1  # MLP vs SVM only
-
-
-def test_missing_stage_output_is_one_clear_error(workdir):
-    from sonotune.errors import DataError
-
-    with pytest.raises(DataError, match=r"runs/phantom/vgg16/0/mlp_metrics.json: not found"):
-        report.run_report(_params())
+from tests.stages.report.helpers import fake_study, report_params
 
 
 @pytest.fixture
@@ -145,8 +37,8 @@ def test_intervals_go_onto_the_producing_parent_runs_only(local_mlflow):
 
     from sonotune import tracking
 
-    params = _params(backbones=("vgg16",), strategies=(0, 15), log_to_mlflow=True)
-    _fake_study(params)
+    params = report_params(backbones=("vgg16",), strategies=(0, 15), log_to_mlflow=True)
+    fake_study(params)
     stale = None
     for strategy in (0, 15):
         for classifier in ("mlp", "svm"):
@@ -158,7 +50,7 @@ def test_intervals_go_onto_the_producing_parent_runs_only(local_mlflow):
             with tracking.parent_run("phantom", "vgg16", strategy, classifier, params.protocol, {}):
                 mlflow.log_metrics(mean)
     before = mlflow.search_runs(experiment_names=["sonotune-phantom"])
-    text = report.run_report(params)
+    text = run_report(params)
     after = mlflow.search_runs(experiment_names=["sonotune-phantom"])
     assert len(after) == len(before) == 5
     assert "intervals added to 4 parent runs" in text

@@ -1,0 +1,106 @@
+"""The report's figures (the paper's Figs 3–8): the backbone × strategy AUC heatmap, the out-of-fold ROC of the
+MLP head vs the SVM and their confusion matrices for the two best backbones, and the ROC points of `roc_best.csv`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from sonotune.stages.report.load import score_column
+from sonotune.vocabulary import CLASS_NAMES, CLASSIFIER_LABELS, CLASSIFIERS, THRESHOLDS
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_auc_heatmap(path, results: pd.DataFrame, dataset: str) -> None:
+    """Backbone × strategy fold-mean AUC, one panel per classifier, on a shared colour scale."""
+    plt = _plt()
+    data = results[results["dataset"] == dataset]
+    backbones = list(dict.fromkeys(data["backbone"]))
+    strategies = sorted(set(data["strategy"]))
+    low, high = float(data["auc_mean"].min()), float(data["auc_mean"].max())
+    if high - low < 0.02:
+        low, high = low - 0.01, high + 0.01
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.5 * len(strategies), 1.6 + 0.45 * len(backbones)),
+                             sharey=True, squeeze=False, layout="constrained")
+    for ax, classifier in zip(axes[0], CLASSIFIERS):
+        grid = (data[data["classifier"] == classifier]
+                .pivot(index="backbone", columns="strategy", values="auc_mean").reindex(index=backbones,
+                                                                                        columns=strategies))
+        image = ax.imshow(grid.to_numpy(), vmin=low, vmax=high, cmap="viridis", aspect="auto")
+        for (i, j), value in np.ndenumerate(grid.to_numpy()):
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8,
+                    color="white" if value < (low + high) / 2 else "black")
+        ax.set_xticks(range(len(strategies)), [f"{s} %" for s in strategies])
+        ax.set_yticks(range(len(backbones)), backbones)
+        ax.set_title(f"{CLASSIFIER_LABELS[classifier]}", fontsize=10)
+        ax.set_xlabel("layers fine-tuned")
+    fig.colorbar(image, ax=axes[0].tolist(), label="AUC (fold mean)")
+    fig.suptitle(f"{dataset}: AUC by backbone and strategy", fontsize=10)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def two_best_backbones(best: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    return best[best["dataset"] == dataset].sort_values("auc", ascending=False, kind="stable").head(2)
+
+
+def save_roc_overlay(path, frame: pd.DataFrame, results: pd.DataFrame, picks: pd.DataFrame, dataset: str) -> None:
+    """Per picked backbone (at its best strategy): pooled out-of-fold ROC of the MLP head and of the SVM."""
+    from sklearn.metrics import roc_curve
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.2), squeeze=False)
+    for ax, pick in zip(axes[0], picks.itertuples()):
+        for classifier in CLASSIFIERS:
+            score = frame[score_column(pick.backbone, pick.strategy, classifier)]
+            fpr, tpr, _ = roc_curve(frame["y"], score)
+            r = results[(results["dataset"] == dataset) & (results["backbone"] == pick.backbone)
+                        & (results["strategy"] == pick.strategy) & (results["classifier"] == classifier)].iloc[0]
+            ax.plot(fpr, tpr, label=f"{CLASSIFIER_LABELS[classifier]}  "
+                                    f"AUC {r.auc_mean:.3f} [{r.auc_low:.2f}, {r.auc_high:.2f}]")
+        ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+        ax.set(xlabel="false positive rate", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
+        ax.set_title(f"{pick.backbone}, {pick.strategy} % fine-tuned", fontsize=10)
+        ax.legend(loc="lower right", fontsize=8, title="fold-mean AUC", title_fontsize=8)
+    fig.suptitle(f"{dataset}: out-of-fold ROC, MLP head vs SVM", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_confusion_grid(path, frame: pd.DataFrame, picks: pd.DataFrame, dataset: str) -> None:
+    """Confusion matrices of the out-of-fold predictions: a row per picked backbone, MLP and SVM columns."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _plt()
+    fig, axes = plt.subplots(len(picks), 2, figsize=(7, 3.3 * len(picks)), squeeze=False)
+    for row_axes, pick in zip(axes, picks.itertuples()):
+        for ax, classifier in zip(row_axes, CLASSIFIERS):
+            predicted = (frame[score_column(pick.backbone, pick.strategy, classifier)] >= THRESHOLDS[classifier])
+            ConfusionMatrixDisplay.from_predictions(frame["y"], predicted.astype(int), labels=[0, 1],
+                                                    display_labels=list(CLASS_NAMES), ax=ax, colorbar=False)
+            ax.set_title(f"{pick.backbone} {pick.strategy} % — {CLASSIFIER_LABELS[classifier]}", fontsize=9)
+    fig.suptitle(f"{dataset}: out-of-fold confusion matrices", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def roc_best_points(frame: pd.DataFrame, backbone: str, strategy: int, grid: int = 101) -> pd.DataFrame:
+    """Pooled out-of-fold ROC of MLP and SVM on one false-positive-rate grid (a DVC plot with fixed columns)."""
+    from sklearn.metrics import roc_curve
+
+    fpr_grid = np.linspace(0, 1, grid)
+    points = {"fpr": fpr_grid}
+    for classifier in CLASSIFIERS:
+        fpr, tpr, _ = roc_curve(frame["y"], frame[score_column(backbone, strategy, classifier)])
+        points[f"{classifier}_tpr"] = np.interp(fpr_grid, fpr, tpr)
+    return pd.DataFrame(points).round(4)

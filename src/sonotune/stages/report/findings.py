@@ -1,0 +1,102 @@
+"""The study's verdicts in words: the best strategy per backbone against its runner-up, MLP vs SVM per dataset,
+and the one-screen summary (`summary.md`, printed at the end of `dvc repro`) that puts them together."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from sonotune import tracking
+from sonotune.config import Params
+from sonotune.stages.report.tables import table3_markdown
+from sonotune.vocabulary import CLASSIFIER_LABELS
+
+TABLE3_INLINE_ROWS = 12  # above this, the summary points to table3.md instead of repeating it
+
+
+def best_per_backbone(results: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, backbone): the best (strategy, classifier) by fold-mean AUC, and its paired test against
+    the runner-up strategy with the same classifier (NaN when the study holds one strategy)."""
+    rows = []
+    for (dataset, backbone), group in results.groupby(["dataset", "backbone"], sort=False):
+        best = group.loc[group["auc_mean"].idxmax()]
+        rivals = group[(group["classifier"] == best.classifier) & (group["strategy"] != best.strategy)]
+        row = {"dataset": dataset, "backbone": backbone, "strategy": best.strategy, "classifier": best.classifier,
+               "auc": best.auc_mean, "auc_low": best.auc_low, "auc_high": best.auc_high,
+               "runner_up": None, "runner_up_auc": np.nan, "p_value": np.nan, "p_holm": np.nan}
+        if len(rivals):
+            runner = rivals.loc[rivals["auc_mean"].idxmax()]
+            pair = {str(best.strategy), str(runner.strategy)}
+            test = tests[(tests["dataset"] == dataset) & (tests["family"] == f"strategy:{backbone}:{best.classifier}")
+                         & tests.apply(lambda t: {t.a, t.b} == pair, axis=1)].iloc[0]
+            row |= {"runner_up": runner.strategy, "runner_up_auc": runner.auc_mean,
+                    "p_value": test.p_value, "p_holm": test.p_holm}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _p(value: float) -> str:
+    return "n/a" if math.isnan(value) else ("< 0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def best_lines(best: pd.DataFrame, alpha: float, test_name: str) -> list[str]:
+    lines = []
+    for row in best.itertuples():
+        head = (f"- {row.dataset} / {row.backbone}: {row.strategy} % with {CLASSIFIER_LABELS[row.classifier]}, "
+                f"AUC {row.auc:.3f} [{row.auc_low:.2f}, {row.auc_high:.2f}]")
+        if row.runner_up is None:
+            lines.append(f"{head}; the study holds one strategy, no runner-up to compare")
+            continue
+        verdict = "distinguishable" if row.p_holm < alpha else "not distinguishable"
+        lines.append(f"{head}; runner-up {row.runner_up} % ({row.runner_up_auc:.3f}): {test_name} "
+                     f"p {_p(row.p_value)}, Holm p {_p(row.p_holm)} → {verdict} at α = {alpha:g}")
+    return lines
+
+
+def classifier_lines(tests: pd.DataFrame, alpha: float) -> list[str]:
+    lines = []
+    for dataset, group in tests[tests["family"] == "classifier"].groupby("dataset", sort=False):
+        ahead = int((group["difference"] < 0).sum())
+        significant = group[group["distinguishable"]]
+        detail = "; ".join(f"{t.backbone} {t.strategy} %: {'SVM' if t.difference < 0 else 'MLP'} "
+                           f"{abs(t.difference):+.3f}, Holm p {_p(t.p_holm)}" for t in significant.itertuples())
+        lines.append(f"- {dataset}: SVM ahead in {ahead} of {len(group)} configurations; "
+                     f"{len(significant)} distinguishable after Holm at α = {alpha:g}"
+                     + (f" ({detail})" if detail else ""))
+    return lines
+
+
+def summary_text(params: Params, results: pd.DataFrame, table: pd.DataFrame, best: pd.DataFrame,
+                 tests: pd.DataFrame, t4_strategy: int, mlflow_note: str) -> str:
+    cfg = params.report
+    test_name = "DeLong" if cfg.paired_test == "delong" else "paired bootstrap"
+    top = results.loc[results["auc_mean"].idxmax()]
+    lines = [f"# sonotune study — {', '.join(params.study.datasets)} · protocol `{params.protocol}` · "
+             f"{params.cv.n_splits}-fold CV", ""]
+    if len(table) <= TABLE3_INLINE_ROWS:
+        lines += table3_markdown(table, cfg.alpha).splitlines()
+    else:
+        lines.append(f"Table 3 ({len(table)} rows): reports/table3.md")
+    lines += ["", "Best strategy per backbone (vs the runner-up strategy, same classifier; Holm within backbone):"]
+    lines += best_lines(best, cfg.alpha, test_name)
+    lines += ["", f"MLP vs SVM on the same folds ({test_name}, Holm within dataset):"]
+    lines += classifier_lines(tests, cfg.alpha)
+    lines += ["", f"Best: {top.dataset} / {top.backbone} at {top.strategy} % with the "
+                  f"{CLASSIFIER_LABELS[top.classifier]} head "
+                  f"(AUC {top.auc_mean:.3f} [{top.auc_low:.2f}, {top.auc_high:.2f}]).",
+              f"Files: reports/table3.md, table4.md ({t4_strategy} %), comparisons.csv, figures/.",
+              mlflow_note,
+              browse_line()]
+    return "\n".join(lines) + "\n"
+
+
+def browse_line() -> str:
+    """How to see the runs: the local store through `mlflow ui`, or the team server's address (password masked)."""
+    from sonotune import team
+
+    uri = tracking.tracking_uri()
+    if team.is_server(uri):
+        return f"Browse the runs: {team.redact(uri)}"
+    return f"Browse the runs: mlflow ui --backend-store-uri {uri}"

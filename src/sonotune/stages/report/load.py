@@ -1,0 +1,70 @@
+"""What the report reads: the metrics JSON and out-of-fold predictions the `finetune` and `svm` stages wrote,
+gathered into one `StudyResults` (a row per configuration and classifier, the scores side by side per dataset)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from itertools import product
+
+import pandas as pd
+
+from sonotune.config import Params
+from sonotune.errors import DataError
+from sonotune.layout import metrics_file, stage_dir
+from sonotune.vocabulary import CLASSIFIERS
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """Everything the stages wrote: one row per configuration and classifier, and per dataset the
+    out-of-fold scores of every configuration side by side (one row per image)."""
+
+    results: pd.DataFrame
+    predictions: dict[str, pd.DataFrame]
+    chosen_c: dict[tuple[str, str, int], list[float]]
+
+
+def score_column(backbone: str, strategy: int, classifier: str) -> str:
+    return f"{backbone}/{strategy}/{classifier}"
+
+
+def _read_json(path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the finetune and svm stages first (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def _read_oof(dataset: str, backbone: str, strategy: int, classifier: str) -> pd.DataFrame:
+    path = stage_dir(dataset, backbone, strategy, classifier) / "oof.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the finetune and svm stages first (dvc repro)")
+    oof = pd.read_csv(path, dtype={"group": str})
+    missing = {"path", "group", "y", "fold", "score"} - set(oof.columns)
+    if missing:
+        raise DataError(f"{path}: missing columns {sorted(missing)}")
+    return oof
+
+
+def load_study(params: Params) -> StudyResults:
+    """Read the metrics and out-of-fold predictions of every configuration the params name."""
+    rows, predictions, chosen_c = [], {}, {}
+    study = params.study
+    for dataset in study.datasets:
+        wide = None
+        for backbone, strategy, classifier in product(study.backbones, study.strategies, CLASSIFIERS):
+            metrics = _read_json(metrics_file(dataset, backbone, strategy, classifier))
+            rows.append({"dataset": dataset, "backbone": backbone, "strategy": strategy, "classifier": classifier,
+                         "n_folds": len(metrics["folds"]), **metrics["mean"]})
+            if classifier == "svm":
+                chosen_c[(dataset, backbone, strategy)] = metrics.get("chosen_c", [])
+            oof = _read_oof(dataset, backbone, strategy, classifier)
+            scores = oof.set_index("path")["score"].rename(score_column(backbone, strategy, classifier))
+            if wide is None:
+                wide = oof[["path", "group", "y", "fold"]].set_index("path")
+            elif not oof.set_index("path")[["y", "fold"]].reindex(wide.index).equals(wide[["y", "fold"]]):
+                raise DataError(f"{dataset}: the configurations' out-of-fold files disagree on images or folds; "
+                                "rerun the study from one params.yaml (dvc repro)")
+            wide = wide.join(scores, how="inner")
+        predictions[dataset] = wide.reset_index()
+    return StudyResults(pd.DataFrame(rows), predictions, chosen_c)

@@ -1,0 +1,66 @@
+"""The report's one MLflow action: add the intervals to the parent runs the `finetune` and `svm` stages created
+(found by their tags and numbers; the report never creates a run)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from sonotune import tracking
+from sonotune.config import Params
+
+
+def log_intervals(results: pd.DataFrame, params: Params) -> str:
+    """Log the intervals onto the parent runs when `report.log_to_mlflow`; return the summary's MLflow line."""
+    if params.report.log_to_mlflow:
+        updated, missing = log_to_parent_runs(results, params)
+        return f"MLflow: intervals added to {updated} parent runs" + (
+            f"; {missing} configurations have no matching run" if missing else "") + "."
+    return "MLflow: not updated (report.log_to_mlflow: false)."
+
+
+def log_to_parent_runs(results: pd.DataFrame, params: Params) -> tuple[int, int]:
+    """Add the intervals (and any missing mean metric or grid param) to each configuration's parent run.
+
+    The parent is the newest finished run with the configuration's tags whose `auc_mean` equals the metrics
+    file's, i.e. the run that produced these numbers. Returns (runs updated, configurations without a run).
+    """
+    import time
+
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.configure())
+    updated = missing = 0
+    now = int(time.time() * 1000)
+    for row in results.to_dict("records"):
+        experiment = client.get_experiment_by_name(tracking.experiment_name(row["dataset"]))
+        run = experiment and _producing_run(client, experiment.experiment_id, row, params.protocol)
+        if not run:
+            missing += 1
+            continue
+        mean_keys = [k for k in row if k.endswith(("_mean", "_sd"))]
+        values = {k: row[k] for k in mean_keys if k not in run.data.metrics}
+        values |= {"auc_ci_low": row["auc_low"], "auc_ci_high": row["auc_high"]}
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if not math.isnan(float(v))]
+        # the compare view plots params, not tags: give it the grid's axes where the stage did not log them
+        axes = {k: str(row[k]) for k in ("backbone", "strategy", "classifier") if k not in run.data.params}
+        client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in axes.items()])
+        client.set_tag(run.info.run_id, "auc_ci", f"{round(100 * (1 - params.report.alpha))} % group bootstrap "
+                                                  f"({params.report.n_bootstrap} replicates)")
+        updated += 1
+    return updated, missing
+
+
+def _producing_run(client, experiment_id: str, row: dict, protocol: str):
+    query = " and ".join(f"tags.{key} = '{value}'" for key, value in (
+        ("dataset", row["dataset"]), ("backbone", row["backbone"]), ("strategy", row["strategy"]),
+        ("classifier", row["classifier"]), ("protocol", protocol), ("fold", "all")))
+    runs = client.search_runs([experiment_id], query + " and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=50)
+    for run in runs:
+        logged = run.data.metrics.get("auc_mean")
+        if logged is not None and math.isclose(logged, row["auc_mean"], rel_tol=1e-9, abs_tol=1e-12):
+            return run
+    return None

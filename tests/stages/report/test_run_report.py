@@ -1,0 +1,63 @@
+"""The report stage end to end on synthetic stage outputs: every file it writes, and a study too small to compare."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sonotune.stages.report import run_report
+from tests.stages.report.helpers import fake_study, report_params
+
+
+def test_tables_match_the_per_fold_metrics(workdir):
+    params = report_params()
+    fake_study(params)
+    text = run_report(params)
+    reports = workdir / "reports"
+    table = pd.read_csv(reports / "table3.csv")
+    assert len(table) == 2 * 3 and list(table.columns[:3]) == ["dataset", "backbone", "strategy"]
+    for row in table.itertuples():
+        for classifier in ("mlp", "svm"):
+            metrics = json.loads((workdir / f"runs/phantom/{row.backbone}/{row.strategy}/{classifier}_metrics.json").read_text())
+            fold_aucs = [fold["auc"] for fold in metrics["folds"]]
+            assert getattr(row, f"{classifier}_auc") == pytest.approx(np.mean(fold_aucs), abs=1e-4)
+            assert getattr(row, f"{classifier}_auc_sd") == pytest.approx(np.std(fold_aucs, ddof=1), abs=1e-4)
+            assert getattr(row, f"{classifier}_auc_low") <= getattr(row, f"{classifier}_auc") <= getattr(row, f"{classifier}_auc_high")
+
+    t4 = pd.read_csv(reports / "table4.csv")
+    assert len(t4) == 2 and set(t4["strategy"]) == {15}
+    svm = json.loads((workdir / "runs/phantom/vgg16/15/svm_metrics.json").read_text())
+    row = t4[t4.backbone == "vgg16"].iloc[0]
+    assert row.svm_precision == pytest.approx(np.mean([f["precision"] for f in svm["folds"]]), abs=1e-4)
+    assert row.svm_sensitivity == pytest.approx(np.mean([f["recall"] for f in svm["folds"]]), abs=1e-4)
+    assert row.chosen_c == "1, 10, 0.1"
+    assert "| phantom | vgg16 |" in (reports / "table4.md").read_text()
+
+    tests = pd.read_csv(reports / "comparisons.csv")
+    # 3 strategy pairs × 2 backbones × 2 classifiers, and MLP vs SVM for the 6 configurations
+    assert len(tests) == 12 + 6
+    assert (tests["p_holm"] >= tests["p_value"] - 1e-12).all()
+
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert metrics["phantom"]["vgg16"]["15"]["mlp"]["auc"] == pytest.approx(table.loc[1, "mlp_auc"], abs=1e-4)
+    for name in ("auc_heatmap_phantom.png", "roc_phantom.png", "confusion_phantom.png"):
+        assert (reports / "figures" / name).stat().st_size > 5000
+    assert list(pd.read_csv(reports / "roc_best.csv").columns) == ["fpr", "mlp_tpr", "svm_tpr"]
+
+    assert text == (reports / "summary.md").read_text()
+    assert len(text.splitlines()) <= 40
+    assert "Best: phantom / " in text and "- phantom / vgg16: " in text and "- phantom / resnet50: " in text
+
+
+@pytest.mark.parametrize("test", ["delong", "bootstrap"])
+def test_one_backbone_one_strategy_degrades_gracefully(workdir, test):
+    params = report_params(backbones=("vgg16",), strategies=(0,), paired_test=test)
+    fake_study(params)
+    text = run_report(params)
+    assert "the study holds one strategy, no runner-up to compare" in text
+    assert "table4.md (0 %)" in text
+    assert "does not hold; showing 0 %" in (workdir / "reports" / "table4.md").read_text()
+    assert len(pd.read_csv(workdir / "reports" / "comparisons.csv")) == 1  # MLP vs SVM only
