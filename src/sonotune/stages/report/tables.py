@@ -7,7 +7,7 @@ import pandas as pd
 
 from sonotune.config import Params
 from sonotune.stages.report.load import StudyResults
-from sonotune.vocabulary import CLASSIFIERS
+from sonotune.vocabulary import CLASSIFIERS, THRESHOLDS
 
 
 def table3(results: pd.DataFrame) -> pd.DataFrame:
@@ -74,4 +74,5 @@ def table4_markdown(table: pd.DataFrame, strategy: int, wanted: int) -> str:
     for row in table.to_dict("records"):
         cells = [f"{row[f'mlp_{m}']:.3f} / {row[f'svm_{m}']:.3f}" for m in ("accuracy", "precision", "sensitivity")]
         lines.append(f"| {row['dataset']} | {row['backbone']} | {' | '.join(cells)} | {row['chosen_c']} |")
-    return f"Strategy {strategy} %: fold means (MLP threshold 0.5, SVM decision 0).\n\n" + "\n".join(lines) + "\n"
+    cut = f"MLP threshold {THRESHOLDS['mlp']:g}, SVM decision {THRESHOLDS['svm']:g}"
+    return f"Strategy {strategy} %: fold means ({cut}).\n\n" + "\n".join(lines) + "\n"
