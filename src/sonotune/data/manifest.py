@@ -34,10 +34,11 @@ from sonotune.data.records import (
     reason_kind,
 )
 from sonotune.errors import DataError
+from sonotune.vocabulary import CLASS_NAMES
 
 COLUMNS = ["path", "label", "group", "sha256", "phash", "width", "height", "mode", "source", "excluded_reason",
            "duplicate_group"]
-LABELS = {"benign": 0, "malignant": 1}
+LABELS = {name: index for index, name in enumerate(CLASS_NAMES)}  # benign 0, malignant 1
 UNSCANNED = (MISSING_FILE, NOT_IMAGE)  # exclusions whose file is not worth opening
 
 

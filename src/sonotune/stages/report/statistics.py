@@ -61,11 +61,12 @@ def comparisons(study: StudyResults, params: Params) -> pd.DataFrame:
                 rows.append({"dataset": dataset, "family": f"strategy:{backbone}:{classifier}",
                              "backbone": backbone, "classifier": classifier, "a": f"{a}", "b": f"{b}",
                              **vars(test)})
+        mlp, svm = CLASSIFIERS
         for backbone, strategy in product(s.backbones, s.strategies):
-            test = _paired(frame, score_column(backbone, strategy, "mlp"), score_column(backbone, strategy, "svm"),
+            test = _paired(frame, score_column(backbone, strategy, mlp), score_column(backbone, strategy, svm),
                            params)
             rows.append({"dataset": dataset, "family": "classifier", "backbone": backbone, "strategy": strategy,
-                         "a": "mlp", "b": "svm", **vars(test)})
+                         "a": mlp, "b": svm, **vars(test)})
     table = pd.DataFrame(rows, columns=["dataset", "family", "backbone", "classifier", "strategy", "a", "b",
                                         "auc_a", "auc_b", "difference", "low", "high", "p_value"])
     table["strategy"] = table["strategy"].astype("Int64")

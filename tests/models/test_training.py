@@ -1,0 +1,33 @@
+"""models/training.py: one fold trained with the epoch chosen on its validation split, and the prediction pass.
+(The prefix cache's exactness through `train_fold` is in test_prefix_cache.py.)"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from sonotune.config import parse_params
+from sonotune.cv import Fold
+from sonotune.models.training import PrefixCache, better, predict_outputs, train_fold
+from tests.workspace import tiny_params
+
+
+def test_better_follows_the_monitor():
+    assert better("val_auc", 0.8, 0.7) and not better("val_auc", 0.7, 0.8)
+    assert better("val_loss", 0.3, 0.4) and not better("val_loss", 0.4, 0.3)
+
+
+def test_a_fold_keeps_its_best_epoch_and_predicts_every_image():
+    params = parse_params(tiny_params(**{"finetune.epochs": 3, "finetune.dense_units": 8, "finetune.batch_size": 4}))
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(12, 32, 32, 3)) * 50).astype(np.float32)
+    y = np.arange(12) % 2
+    fold = Fold(index=0, fit=np.arange(8), val=np.arange(8, 12), test=np.arange(8, 12))
+    cache = PrefixCache()
+    model, history, best_epoch, monitored = train_fold(params.finetune, params.seed, "vgg16", 15, x, y, fold, cache)
+    assert len(history["loss"]) == 3 and history["val_auc"][best_epoch] == max(history["val_auc"])
+    assert monitored == max(history["val_auc"])
+    outputs = predict_outputs(model, x, cache)
+    assert outputs["probabilities"].shape == (12, 2) and len(outputs["pooled"]) == len(outputs["dense"]) == 12
+    np.testing.assert_allclose(outputs["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
+    keras.backend.clear_session()
