@@ -49,7 +49,7 @@ def _prepared(repo: Path):
 
 def test_predict_through_the_registry_equals_the_models_own_evaluation(store):
     from sonotune.models.backbones import get_spec
-    from sonotune.predict import load_image_model
+    from sonotune.stages.predict import load_image_model
 
     run(["sonotune", "promote", NAME, "1"], store)
     out = store / "predictions.csv"
@@ -91,7 +91,7 @@ def test_svm_pyfunc_equals_features_then_pipeline(store):
 def test_promote_without_version_picks_the_best_cross_validated_auc(store):
     from mlflow.tracking import MlflowClient
 
-    from sonotune.deploy import promote
+    from sonotune.stages.deploy import promote
 
     client = MlflowClient()
     client.set_model_version_tag(NAME, "1", "cv_auc_mean", "0.61")

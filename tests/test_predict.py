@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from sonotune.data.phantom import write_phantom
-from sonotune.deploy import ImageModel, ModelConfig, as_image_list, to_rgb_image
+from sonotune.stages.deploy import ImageModel, ModelConfig, as_image_list, to_rgb_image
 from sonotune.errors import DataError
 from sonotune.models.backbones import create_backbone
 from sonotune.models.head import HeadConfig, build_classifier, inference_copy
-from sonotune.predict import collect_images, predict_files
+from sonotune.stages.predict import collect_images, predict_files
 
 
 @pytest.fixture(scope="module")

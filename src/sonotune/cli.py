@@ -106,7 +106,7 @@ def cmd_strategies(args) -> None:
 def cmd_deploy(args) -> None:
     _require_tracking()
     from sonotune.config import load_params
-    from sonotune.deploy import deploy
+    from sonotune.stages.deploy import deploy
 
     params = load_params(args.params)
     _deterministic()
@@ -118,7 +118,7 @@ def cmd_deploy(args) -> None:
 
 def cmd_promote(args) -> None:
     from sonotune.config import Deploy, load_params
-    from sonotune.deploy import promote
+    from sonotune.stages.deploy import promote
 
     alias = args.alias or (load_params(args.params).deploy if Path(args.params).is_file() else Deploy()).alias
     version = promote(args.name, args.version, alias)
@@ -127,7 +127,7 @@ def cmd_promote(args) -> None:
 
 def cmd_predict(args) -> None:
     from sonotune.config import Gradcam, load_params
-    from sonotune.predict import run_predict
+    from sonotune.stages.predict import run_predict
 
     alpha = (load_params(args.params).gradcam if Path(args.params).is_file() else Gradcam()).alpha
     gradcam = Path(args.gradcam) if args.gradcam else None

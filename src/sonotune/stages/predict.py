@@ -44,7 +44,7 @@ def load_image_model(uri: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from sonotune.deploy import ImageModelPyfunc
+    from sonotune.stages.deploy import ImageModelPyfunc
 
     tracking.configure()
     try:
@@ -59,7 +59,7 @@ def load_image_model(uri: str):
 
 
 def _decode(paths: list[Path], skipped: list[tuple[Path, str]]) -> tuple[list[Path], list[np.ndarray]]:
-    from sonotune.deploy import to_rgb_image
+    from sonotune.stages.deploy import to_rgb_image
 
     kept, images = [], []
     for path in paths:
