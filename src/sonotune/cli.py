@@ -143,12 +143,14 @@ def cmd_predict(args) -> None:
 
 def add_use_parsers(sub) -> None:
     """deploy, promote, predict: the commands that turn a configuration into a model and use it."""
+    from sonotune.vocabulary import CLASSIFIERS
+
     deploy = sub.add_parser("deploy", help="refit a configuration on all its data, log and register the model")
     deploy.add_argument("--params", default="params.yaml")
     deploy.add_argument("--dataset", required=True)
     deploy.add_argument("--backbone", required=True)
     deploy.add_argument("--strategy", type=int, required=True)
-    deploy.add_argument("--classifier", choices=("mlp", "svm"), default="mlp")
+    deploy.add_argument("--classifier", choices=CLASSIFIERS, default="mlp")
     deploy.set_defaults(func=cmd_deploy)
 
     promote = sub.add_parser("promote", help="point a registry alias (deploy.alias, e.g. champion) at a version")
