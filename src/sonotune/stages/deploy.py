@@ -65,7 +65,7 @@ def cv_tags(dataset: str, backbone: str, strategy: int, classifier: str) -> dict
     path = metrics_file(dataset, backbone, strategy, classifier)
     if not path.is_file():
         return {}
-    summary = json.loads(path.read_text())
+    summary = json.loads(path.read_text()).get("mean", {})  # the metrics file: {"mean": {...}, "folds": [...], ...}
     return {f"cv_{key}": str(summary[key]) for key in ("auc_mean", "auc_sd") if key in summary}
 
 
