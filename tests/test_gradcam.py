@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from sonotune.data.phantom import write_phantom
-from sonotune.deploy import ImageModel, ModelConfig
 from sonotune.gradcam import gradcam_maps, layer_for, overlay, svm_target
 from sonotune.models.backbones import BACKBONES, create_backbone, get_spec
 from sonotune.models.head import HeadConfig, build_classifier, feature_model
+from sonotune.serving import ImageModel, ModelConfig
 from tests.workspace import copy_repo, run, tiny_params
 
 

@@ -107,7 +107,7 @@ def cmd_strategies(args) -> None:
 def cmd_deploy(args) -> None:
     _require_tracking()
     from sonotune.config import load_params
-    from sonotune.deploy import deploy
+    from sonotune.stages.deploy import deploy
 
     params = load_params(args.params)
     _deterministic()
@@ -119,7 +119,7 @@ def cmd_deploy(args) -> None:
 
 def cmd_promote(args) -> None:
     from sonotune.config import Deploy, load_params
-    from sonotune.deploy import promote
+    from sonotune.stages.deploy import promote
 
     alias = args.alias or (load_params(args.params).deploy if Path(args.params).is_file() else Deploy()).alias
     version = promote(args.name, args.version, alias)
@@ -128,7 +128,7 @@ def cmd_promote(args) -> None:
 
 def cmd_predict(args) -> None:
     from sonotune.config import Gradcam, load_params
-    from sonotune.predict import run_predict
+    from sonotune.stages.predict import run_predict
 
     alpha = (load_params(args.params).gradcam if Path(args.params).is_file() else Gradcam()).alpha
     gradcam = Path(args.gradcam) if args.gradcam else None
@@ -144,12 +144,14 @@ def cmd_predict(args) -> None:
 
 def add_use_parsers(sub) -> None:
     """deploy, promote, predict: the commands that turn a configuration into a model and use it."""
+    from sonotune.vocabulary import CLASSIFIERS
+
     deploy = sub.add_parser("deploy", help="refit a configuration on all its data, log and register the model")
     deploy.add_argument("--params", default="params.yaml")
     deploy.add_argument("--dataset", required=True)
     deploy.add_argument("--backbone", required=True)
     deploy.add_argument("--strategy", type=int, required=True)
-    deploy.add_argument("--classifier", choices=("mlp", "svm"), default="mlp")
+    deploy.add_argument("--classifier", choices=CLASSIFIERS, default="mlp")
     deploy.set_defaults(func=cmd_deploy)
 
     promote = sub.add_parser("promote", help="point a registry alias (deploy.alias, e.g. champion) at a version")

@@ -87,3 +87,9 @@ def fold_plan(
 def svm_fit_rows(protocol: str, folds: np.ndarray, fold: int) -> np.ndarray:
     """Rows the SVM's C search is fitted on for outer fold `fold`: its training images, or every image (paper)."""
     return np.arange(len(folds)) if rules(protocol).svm_on_all_images else np.flatnonzero(folds != fold)
+
+
+def refit_split(y: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int) -> Fold:
+    """The refit's Fold: every image trains, a grouped stratified validation split picks the epoch, no test."""
+    fit, val = validation_split(y, groups, np.arange(len(y)), val_fraction, seed)
+    return Fold(index=0, fit=fit, val=val, test=np.array([], dtype=int))

@@ -1,6 +1,6 @@
-"""The deployed model's input contract and `predict`'s file handling, on a real tiny Keras model (no MLflow):
-every raw form of one image gives the same probability, unreadable files are reported and skipped, bad
-paths fail with one line."""
+"""The deployed model's input contract, on a real tiny Keras model (no MLflow): every raw form of one image gives
+the same probability, RGBA and any size are accepted, what is not an image is a DataError, and pyfunc inputs are
+read from DataFrames, lists and single arrays."""
 
 import base64
 import io
@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sonotune.data.phantom import write_phantom
-from sonotune.deploy import ImageModel, ModelConfig, as_image_list, to_rgb_image
 from sonotune.errors import DataError
 from sonotune.models.backbones import create_backbone
 from sonotune.models.head import HeadConfig, build_classifier, inference_copy
-from sonotune.predict import collect_images, predict_files
+from sonotune.serving import ImageModel, ModelConfig, as_image_list, to_rgb_image
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +23,6 @@ def tiny_model():
     config = ModelConfig("phantom", "vgg16", 0, "mlp", input_size=32, resize="stretch", threshold=0.5)
     yield ImageModel(inference_copy(classifier), config)
     keras.backend.clear_session()
-
-
-@pytest.fixture(scope="module")
-def phantom_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom")
-    write_phantom(root, 3, 3, 64, seed=1)
-    return root
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -73,27 +64,3 @@ def test_pyfunc_inputs_are_read_from_dataframes_lists_and_single_arrays():
     assert as_image_list(pd.DataFrame({"path": ["p"]})) == ["p"]
     assert len(as_image_list(image)) == 1 and len(as_image_list([image, image])) == 2
     assert as_image_list({"image": ["x"]}) == ["x"] and as_image_list("one.png") == ["one.png"]
-
-
-def test_folders_are_searched_recursively_and_bad_paths_fail(phantom_dir, tmp_path):
-    found = collect_images([str(phantom_dir)])
-    assert len(found) == 6 and found == sorted(found)
-    (tmp_path / "empty" / "sub").mkdir(parents=True)
-    (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    with pytest.raises(DataError, match="no image files in this folder"):
-        collect_images([str(tmp_path / "empty")])
-    with pytest.raises(DataError, match="no such file or folder"):
-        collect_images([str(tmp_path / "missing.png")])
-
-
-def test_unreadable_files_are_skipped_and_the_rest_scored_with_overlays(tiny_model, phantom_dir, tmp_path):
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"\x89PNG but truncated")
-    paths = collect_images([str(phantom_dir), str(broken)])
-    frame, skipped = predict_files(tiny_model, paths, gradcam_dir=tmp_path / "cams", batch=4)
-    assert [p for p, _ in skipped] == [broken]
-    assert "not an image" in skipped[0][1]
-    assert frame["path"].tolist() == [str(p) for p in paths if p != broken]
-    assert len({*frame["gradcam"]}) == 6  # unique names although benign/ and malignant/ could share stems
-    for overlay, path in zip(frame["gradcam"], frame["path"]):
-        assert Image.open(overlay).size == Image.open(path).size

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from sonotune import tracking
 from sonotune.errors import DataError
+from sonotune.vocabulary import PREDICT_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 BATCH = 32
 
 
@@ -28,9 +28,9 @@ def collect_images(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PREDICT_SUFFIXES)
             if not found:
-                raise DataError(f"{path}: no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+                raise DataError(f"{path}: no image files in this folder (looked for {', '.join(PREDICT_SUFFIXES)})")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -40,11 +40,11 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 
 def load_image_model(uri: str):
-    """The `deploy.ImageModel` inside the MLflow model at `uri`; DataError (one line) when there is none."""
+    """The `serving.ImageModel` inside the MLflow model at `uri`; DataError (one line) when there is none."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from sonotune.deploy import ImageModelPyfunc
+    from sonotune.serving import ImageModelPyfunc
 
     tracking.configure()
     try:
@@ -59,7 +59,7 @@ def load_image_model(uri: str):
 
 
 def _decode(paths: list[Path], skipped: list[tuple[Path, str]]) -> tuple[list[Path], list[np.ndarray]]:
-    from sonotune.deploy import to_rgb_image
+    from sonotune.serving import to_rgb_image
 
     kept, images = [], []
     for path in paths:

@@ -1,19 +1,14 @@
-"""The deployable model of one configuration: refit on the whole dataset, logged as one MLflow model, registered.
-
-Run as `sonotune deploy --dataset D --backbone B --strategy S --classifier mlp|svm` after `prepare` (and
-`sonotune promote NAME [VERSION]` to point an alias at a version). The refit follows the study's protocol on all
-images: a grouped, stratified validation split (`cv.val_fraction`) picks the best epoch, as inside each fold;
-for the SVM head, C is chosen by grouped inner CV on the refit network's features, and Platt scaling fitted on
-that inner CV's out-of-fold decision values turns the SVM's decision value into a probability. The study's
-cross-validated metrics estimate how this procedure does on new data; they are copied onto the registered
-version as tags.
+"""The deployable image model's contract: what `sonotune deploy` logs and `sonotune predict` and `mlflow models
+serve` load.
 
 The logged model is an MLflow pyfunc (`ImageModelPyfunc`) that takes raw images — file paths, encoded file
 bytes (base64 strings over HTTP), or uint8 arrays of any size, greyscale or RGB(A) — and returns a DataFrame
 with the malignancy probability, the predicted label and the threshold (and, for the SVM head, its decision
 value). Inside, every image goes through the cache's own steps: RGB uint8 (`data.images.to_rgb_uint8`), the
 `prepare.resize` policy at the training input size (`data.images.square`), the backbone's `preprocess_input`.
-Loading it needs the `sonotune` package importable (installed, or `--env-manager local` in this project).
+Its artifacts are `keras_model` (.keras), `config` (`ModelConfig` as JSON) and, for the SVM head, `svm`
+(joblib), written by `log_image_model`. Loading it needs the `sonotune` package importable (installed, or
+`--env-manager local` in this project).
 """
 
 from __future__ import annotations
@@ -29,12 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sonotune import tracking
 from sonotune.errors import DataError
+from sonotune.vocabulary import CLASS_NAMES
 
 MODEL_NAME = "model"
-CLASSIFIERS = ("mlp", "svm")
-LABELS = ("benign", "malignant")
 PREDICT_BATCH = 32
 
 
@@ -145,7 +138,7 @@ class ImageModel:
             features = self.feature_extractor().predict(x, batch_size=PREDICT_BATCH, verbose=0)[self.config.features]
             frame = pd.DataFrame({"probability": self.svm.predict_proba(features)[:, 1],
                                   "decision": self.pipeline.decision_function(features)})
-        frame["predicted_label"] = np.where(frame["probability"] >= self.config.threshold, LABELS[1], LABELS[0])
+        frame["predicted_label"] = np.where(frame["probability"] >= self.config.threshold, CLASS_NAMES[1], CLASS_NAMES[0])
         frame["threshold"] = self.config.threshold
         return frame
 
@@ -187,62 +180,7 @@ class ImageModelPyfunc(PythonModel):
         return self.model.predict_images(as_image_list(model_input))
 
 
-# ---------------------------------------------------------------- refit
-
-
-def refit_split(y: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int):
-    """The refit's Fold: every image trains, a grouped stratified validation split picks the epoch, no test."""
-    from sonotune.cv import Fold, validation_split
-
-    fit, val = validation_split(y, groups, np.arange(len(y)), val_fraction, seed)
-    return Fold(index=0, fit=fit, val=val, test=np.array([], dtype=int))
-
-
-def calibrated_svm(params, features: np.ndarray, y: np.ndarray, groups: np.ndarray):
-    """C by the svm stage's grouped inner grid search, then Platt scaling on that inner CV's out-of-fold decision
-    values (`ensemble=False`: one pipeline, refit on everything, plus one sigmoid). Returns (model, C, inner AUC)."""
-    from sklearn.base import clone
-    from sklearn.calibration import CalibratedClassifierCV
-    from sonotune.svm.search import inner_folds, search_c, svm_pipeline
-
-    estimator = svm_pipeline(params.svm.max_iter, params.seed)
-    search = search_c(params.svm, params.seed, estimator, features, y, groups, name="deploy", storage=None)
-    inner = inner_folds(params.svm.inner_splits, params.seed)
-    splits = list(inner.split(features, y, groups))  # precomputed: CalibratedClassifierCV routes no groups
-    model = CalibratedClassifierCV(clone(search.estimator), method="sigmoid", cv=splits, ensemble=False)
-    return model.fit(features, y), search.best_c, search.inner_auc
-
-
-def refit(params, dataset: str, backbone: str, strategy: int, classifier: str):
-    """Train the configuration on the whole dataset; return (ImageModel, metrics to log)."""
-    from sonotune.models.head import inference_copy
-    from sonotune.models.training import PrefixCache, train_fold
-    from sonotune.stages.inputs import load_training_inputs
-
-    if classifier not in CLASSIFIERS:
-        raise DataError(f"--classifier: expected one of {', '.join(CLASSIFIERS)} (got '{classifier}')")
-    data = load_training_inputs(params.finetune, dataset, backbone)
-    x, y, groups, size = data.x, data.y, data.groups, data.input_size
-    fold = refit_split(y, groups, params.cv.val_fraction, params.seed)
-    cache = PrefixCache() if params.finetune.prefix_cache else None
-    model, _, best_epoch, monitored = train_fold(params.finetune, params.seed, backbone, strategy, x, y, fold, cache)
-    config = ModelConfig(dataset, backbone, strategy, classifier, size, params.prepare.resize,
-                         params.deploy.threshold, params.svm.features)
-    deployed = ImageModel(inference_copy(model), config)
-    metrics = {"best_epoch": best_epoch, f"best_{params.finetune.monitor}": monitored, "n_images": len(y),
-               "n_fit": len(fold.fit), "n_val": len(fold.val)}
-    if classifier == "svm":
-        features = deployed.feature_extractor().predict(x, batch_size=PREDICT_BATCH, verbose=0)[params.svm.features]
-        deployed.svm, c, inner_auc = calibrated_svm(params, features, y, groups)
-        metrics |= {"svm_C": c, "svm_inner_cv_auc": inner_auc}
-    return deployed, metrics
-
-
-# ---------------------------------------------------------------- logging and the registry
-
-
-def registered_name(params, dataset: str) -> str:
-    return params.deploy.registered_model or f"sonotune-{dataset}"
+# ---------------------------------------------------------------- logging
 
 
 def _pip_requirements() -> list[str]:
@@ -276,68 +214,3 @@ def log_image_model(model: ImageModel, registered_model: str | None = None):
             registered_model_name=registered_model, pip_requirements=_pip_requirements(),
             metadata={"sonotune": asdict(model.config)},
         )
-
-
-def cv_tags(dataset: str, backbone: str, strategy: int, classifier: str) -> dict[str, str]:
-    """The study's cross-validated AUC of this configuration (if its stage ran here), as version tags."""
-    from sonotune.layout import metrics_file
-
-    path = metrics_file(dataset, backbone, strategy, classifier)
-    if not path.is_file():
-        return {}
-    summary = json.loads(path.read_text())
-    return {f"cv_{key}": str(summary[key]) for key in ("auc_mean", "auc_sd") if key in summary}
-
-
-def deploy(params, dataset: str, backbone: str, strategy: int, classifier: str) -> dict:
-    """Refit, log and register the configuration's model; return its run id, URI, name and version."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    tracking.configure()
-    name = registered_name(params, dataset)
-    tags = tracking.run_tags(dataset, backbone, strategy, classifier, params.protocol, fold="refit")
-    run_params = {"dataset": dataset, "input_size": params.finetune.input_size, "resize": params.prepare.resize,
-                  "threshold": params.deploy.threshold, "seed": params.seed} | {
-        f"finetune.{k}": v for k, v in params.finetune.model_dump().items()}
-    experiment_id = tracking.ensure_experiment(dataset)
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags | {"sonotune.deploy": "refit"},
-                          run_name=f"{tracking.run_name(backbone, strategy, classifier)}-deploy") as run:
-        mlflow.log_params(run_params | ({f"svm.{k}": v for k, v in params.svm.model_dump().items()}
-                                        if classifier == "svm" else {}))
-        model, metrics = refit(params, dataset, backbone, strategy, classifier)
-        mlflow.log_metrics(metrics)
-        info = log_image_model(model, registered_model=name)
-    version = str(info.registered_model_version)
-    client = MlflowClient()
-    for key, value in ({k: v for k, v in tags.items() if k != "fold"}
-                       | cv_tags(dataset, backbone, strategy, classifier)).items():
-        client.set_model_version_tag(name, version, key, value)
-    return {"run_id": run.info.run_id, "model_uri": f"runs:/{run.info.run_id}/{MODEL_NAME}", "name": name,
-            "version": version, "metrics": metrics}
-
-
-def promote(name: str, version: str | None, alias: str) -> str:
-    """Point `alias` at `version` of registered model `name` (default: the version with the best CV AUC tag);
-    return the version."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    tracking.configure()
-    client = MlflowClient()
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException as exc:
-        raise DataError(f"registered model '{name}': {str(exc).splitlines()[0]}") from None
-    if not versions:
-        raise DataError(f"registered model '{name}' not found (run `sonotune deploy` first)")
-    if version is None:
-        ranked = [v for v in versions if "cv_auc_mean" in v.tags]
-        if not ranked:
-            raise DataError(f"registered model '{name}': no version has a cv_auc_mean tag; name the VERSION")
-        version = max(ranked, key=lambda v: (float(v.tags["cv_auc_mean"]), int(v.version))).version
-    if str(version) not in {str(v.version) for v in versions}:
-        known = ", ".join(sorted((str(v.version) for v in versions), key=int))
-        raise DataError(f"registered model '{name}' has no version {version} (versions: {known})")
-    client.set_registered_model_alias(name, alias, str(version))
-    return str(version)

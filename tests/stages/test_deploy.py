@@ -1,8 +1,10 @@
 """The deployable model end to end, as a user runs it: `sonotune deploy` (MLP and SVM heads) on the phantom,
 `sonotune promote`, `sonotune predict` through the registry, and `mlflow models serve` over HTTP (real Keras,
-real MLflow SQLite store and registry, a real scoring server on 127.0.0.1 stopped at the end)."""
+real MLflow SQLite store and registry, a real scoring server on 127.0.0.1 stopped at the end). The versions' CV
+tags come from stage metrics files written by `outputs.write_stage_outputs` as the stages call it."""
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -22,11 +24,41 @@ NAME = "sonotune-phantom"
 CONFIG = ["--dataset", "phantom", "--backbone", "vgg16", "--strategy", "0"]
 
 
+def write_cv_metrics(classifier: str, y: np.ndarray, groups: np.ndarray, separation: float, seed: int = 0) -> dict:
+    """The outputs of stage `classifier` (finetune: mlp, svm) for phantom/vgg16/0 in the working directory, written
+    by `write_stage_outputs` as the stage calls it, from synthetic out-of-fold scores (`separation`: how far the
+    malignant scores sit above the benign ones); return the summary (the metrics file's `mean`)."""
+    from sonotune.cv import outer_folds
+    from sonotune.metrics import binary_metrics, summarize
+    from sonotune.outputs import write_stage_outputs
+    from sonotune.vocabulary import CLASS_NAMES, THRESHOLDS
+
+    score = separation * y + np.random.default_rng(seed).normal(size=len(y))
+    oof = pd.DataFrame({"path": [f"{i}.png" for i in range(len(y))], "group": groups,
+                        "label": np.array(CLASS_NAMES)[y], "y": y, "fold": -1, "score": score})
+    folds = outer_folds(y, groups, 3, seed)
+    for fold, (_, test) in enumerate(folds):
+        oof.loc[test, "fold"] = fold
+    per_fold = [binary_metrics(y[test], score[test], THRESHOLDS[classifier]) for _, test in folds]
+    summary = summarize(per_fold)
+    extra = ({"pooled": binary_metrics(y, score, THRESHOLDS[classifier])} if classifier == "mlp"
+             else {"chosen_c": [1.0] * len(folds)})
+    write_stage_outputs("phantom", "vgg16", 0, classifier, oof, per_fold, summary, extra=extra)
+    return summary
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    """A tiny study repo with the MLP head deployed as version 1 and the SVM head as version 2."""
+    """A tiny study repo with the MLP head deployed as version 1 and the SVM head as version 2, each after its
+    stage's metrics file was written (the MLP's cross-validated AUC is the better one)."""
+    from sonotune.data.manifest import label_vector
+
     repo = copy_repo(tmp_path_factory.mktemp("deploy") / "repo", tiny_params(**{"finetune.epochs": 1}))
     run(["sonotune", "prepare", "--dataset", "phantom"], repo)
+    manifest, _ = _prepared(repo)
+    with contextlib.chdir(repo):
+        for classifier, separation in (("mlp", 3.0), ("svm", 0.0)):
+            write_cv_metrics(classifier, label_vector(manifest), manifest["group"].to_numpy(), separation)
     for classifier in ("mlp", "svm"):
         out = run(["sonotune", "deploy", *CONFIG, "--classifier", classifier], repo).stdout
         assert f"registered as {NAME} version" in out
@@ -49,7 +81,7 @@ def _prepared(repo: Path):
 
 def test_predict_through_the_registry_equals_the_models_own_evaluation(store):
     from sonotune.models.backbones import get_spec
-    from sonotune.predict import load_image_model
+    from sonotune.stages.predict import load_image_model
 
     run(["sonotune", "promote", NAME, "1"], store)
     out = store / "predictions.csv"
@@ -88,18 +120,38 @@ def test_svm_pyfunc_equals_features_then_pipeline(store):
     assert np.all(np.diff(served["probability"].to_numpy()[order]) >= -1e-9)
 
 
+def test_cv_tags_are_the_stage_metrics_files_cross_validated_auc(tmp_path, monkeypatch):
+    from sonotune.stages.deploy import cv_tags
+
+    monkeypatch.chdir(tmp_path)
+    assert cv_tags("phantom", "vgg16", 0, "mlp") == {}  # the stage did not run here
+    y = np.repeat(np.arange(18) % 2, 2)
+    summary = write_cv_metrics("mlp", y, np.repeat(np.arange(18), 2), separation=1.0)
+    assert cv_tags("phantom", "vgg16", 0, "mlp") == {"cv_auc_mean": str(summary["auc_mean"]),
+                                                      "cv_auc_sd": str(summary["auc_sd"])}
+    assert cv_tags("phantom", "vgg16", 0, "svm") == {}
+
+
 def test_promote_without_version_picks_the_best_cross_validated_auc(store):
     from mlflow.tracking import MlflowClient
 
-    from sonotune.deploy import promote
+    from sonotune.layout import metrics_file
+    from sonotune.stages.deploy import promote
 
     client = MlflowClient()
-    client.set_model_version_tag(NAME, "1", "cv_auc_mean", "0.61")
-    client.set_model_version_tag(NAME, "2", "cv_auc_mean", "0.74")
-    assert promote(NAME, None, "best") == "2"
-    assert str(client.get_model_version_by_alias(NAME, "best").version) == "2"
-    version = client.get_model_version(NAME, "2")
-    assert version.tags["classifier"] == "svm" and version.tags["backbone"] == "vgg16"
+    auc = {}
+    for version, classifier in (("1", "mlp"), ("2", "svm")):  # the tags `deploy` copied, none set here
+        summary = json.loads(metrics_file("phantom", "vgg16", 0, classifier).read_text())["mean"]
+        tags = client.get_model_version(NAME, version).tags
+        assert tags["cv_auc_mean"] == str(summary["auc_mean"]) and tags["cv_auc_sd"] == str(summary["auc_sd"])
+        auc[version] = summary["auc_mean"]
+    assert auc["1"] > auc["2"]  # the best is not the latest version
+    assert promote(NAME, None, "best") == "1"
+    assert str(client.get_model_version_by_alias(NAME, "best").version) == "1"
+    version = client.get_model_version(NAME, "1")
+    assert version.tags["classifier"] == "mlp" and version.tags["backbone"] == "vgg16"
+    result = run(["sonotune", "promote", NAME, "--alias", "cv-best"], store)  # as a user runs it: no VERSION
+    assert f"models:/{NAME}@cv-best -> version 1" in result.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [
