@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from sonotune.cv import fold_plan
+from sonotune.cv import RULES, fold_plan, refit_split, rules, svm_fit_rows
+from sonotune.vocabulary import PROTOCOLS
 
 
 def _data(n=90, seed=0):
@@ -56,3 +57,24 @@ def test_folds_do_not_depend_on_the_configuration():
     y, groups = _data()
     plans = [fold_plan(y, groups, p, 5, 0.2, seed=7) for p in ("leakage_free", "paper")]
     assert all(np.array_equal(a.test, b.test) for a, b in zip(*plans))  # paper vs leakage_free: same test folds
+
+
+def test_every_protocol_has_its_rules_and_an_unknown_one_is_refused():
+    assert tuple(RULES) == PROTOCOLS
+    assert rules("paper").epoch_on_test_fold and not rules("leakage_free").epoch_on_test_fold
+    with pytest.raises(ValueError, match="protocol must be one of leakage_free, paper"):
+        rules("sloppy")
+
+
+def test_svm_fit_rows_leave_the_test_fold_out_unless_paper():
+    folds = np.array([0, 1, 2, 0, 1, 2])
+    assert svm_fit_rows("leakage_free", folds, 1).tolist() == [0, 2, 3, 5]
+    assert svm_fit_rows("paper", folds, 1).tolist() == list(range(6))
+
+
+def test_the_refit_split_trains_on_every_group_but_the_validation_ones():
+    y, groups = _data()
+    fold = refit_split(y, groups, val_fraction=0.2, seed=3)
+    assert len(fold.test) == 0 and sorted(np.concatenate([fold.fit, fold.val])) == list(range(len(y)))
+    assert not set(groups[fold.fit]) & set(groups[fold.val])
+    assert 0.1 < len(fold.val) / len(y) < 0.3 and set(y[fold.val]) == {0, 1}

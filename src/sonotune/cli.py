@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from sonotune.config import PARAMS_FILE
 from sonotune.errors import SonotuneError
 
 
@@ -147,7 +148,7 @@ def add_use_parsers(sub) -> None:
     from sonotune.vocabulary import CLASSIFIERS
 
     deploy = sub.add_parser("deploy", help="refit a configuration on all its data, log and register the model")
-    deploy.add_argument("--params", default="params.yaml")
+    deploy.add_argument("--params", default=PARAMS_FILE)
     deploy.add_argument("--dataset", required=True)
     deploy.add_argument("--backbone", required=True)
     deploy.add_argument("--strategy", type=int, required=True)
@@ -158,7 +159,7 @@ def add_use_parsers(sub) -> None:
     promote.add_argument("name", help="registered model name, e.g. sonotune-phantom")
     promote.add_argument("version", nargs="?", help="version (default: the one with the best cv_auc_mean tag)")
     promote.add_argument("--alias", help="alias to set (default: deploy.alias of --params)")
-    promote.add_argument("--params", default="params.yaml", help="read deploy.alias from here, if the file exists")
+    promote.add_argument("--params", default=PARAMS_FILE, help="read deploy.alias from here, if the file exists")
     promote.set_defaults(func=cmd_promote)
 
     predict = sub.add_parser("predict", help="malignancy probabilities (and Grad-CAM overlays) for new images")
@@ -166,7 +167,7 @@ def add_use_parsers(sub) -> None:
     predict.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     predict.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     predict.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM overlay PNG per image to DIR")
-    predict.add_argument("--params", default="params.yaml", help="read gradcam.alpha from here, if the file exists")
+    predict.add_argument("--params", default=PARAMS_FILE, help="read gradcam.alpha from here, if the file exists")
     predict.set_defaults(func=cmd_predict)
 
 
@@ -221,7 +222,7 @@ def add_team_parsers(sub) -> None:
     server.set_defaults(func=cmd_server)
 
     queue = sub.add_parser("queue", help="queue one DVC experiment per configuration of the study grid")
-    queue.add_argument("--params", default="params.yaml")
+    queue.add_argument("--params", default=PARAMS_FILE)
     queue.add_argument("--jobs", "-j", type=int, default=0, help="also start N queue workers (dvc queue start -j N)")
     queue.add_argument("--prefix", default="", help="prefix of the experiment names <dataset>-<backbone>-<strategy>")
     queue.set_defaults(func=cmd_queue)
@@ -256,7 +257,7 @@ def cmd_params(args) -> None:
 def add_params_parser(sub) -> None:
     params = sub.add_parser("params", help="lay overrides files (e.g. configs/paper.yaml) over params.yaml")
     params.add_argument("overrides", nargs="+", help="YAML files holding only the keys that change, applied in order")
-    params.add_argument("--params", default="params.yaml", help="the params file to start from")
+    params.add_argument("--params", default=PARAMS_FILE, help="the params file to start from")
     params.add_argument("--out", help="where to write the result (default: --params itself, comments kept)")
     params.set_defaults(func=cmd_params)
 
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def stage(name: str, func, config: bool = True, help: str = ""):
         command = sub.add_parser(name, help=help)
-        command.add_argument("--params", default="params.yaml")
+        command.add_argument("--params", default=PARAMS_FILE)
         if config:
             command.add_argument("--dataset", required=True)
         command.set_defaults(func=func)

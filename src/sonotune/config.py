@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sonotune.errors import ConfigError
 from sonotune.vocabulary import DEFAULT_CLASSES, Label, Protocol, Strategy
 
+PARAMS_FILE = "params.yaml"  # where DVC and every command read the study's parameters
+
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -231,7 +233,7 @@ def read_yaml(path: str | Path) -> object:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and validate params.yaml."""
     return parse_params(read_yaml(path), str(path))
 
