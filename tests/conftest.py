@@ -27,3 +27,19 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"real dataset samples not found at {SHARED_DATASETS} (only CI and dev machines have them)")
     return SHARED_DATASETS
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A real, untrained deployable model (vgg16 at 32 px, MLP head) behind the serving contract."""
+    import keras
+
+    from sonotune.models.backbones import create_backbone
+    from sonotune.models.head import HeadConfig, build_classifier, inference_copy
+    from sonotune.serving import ImageModel, ModelConfig
+
+    keras.utils.set_random_seed(0)
+    classifier = build_classifier(create_backbone("vgg16", 32, None), HeadConfig(dense_units=8))
+    config = ModelConfig("phantom", "vgg16", 0, "mlp", input_size=32, resize="stretch", threshold=0.5)
+    yield ImageModel(inference_copy(classifier), config)
+    keras.backend.clear_session()

@@ -5,24 +5,12 @@ read from DataFrames, lists and single arrays."""
 import base64
 import io
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
 
 from sonotune.errors import DataError
-from sonotune.models.backbones import create_backbone
-from sonotune.models.head import HeadConfig, build_classifier, inference_copy
-from sonotune.serving import ImageModel, ModelConfig, as_image_list, to_rgb_image
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    keras.utils.set_random_seed(0)
-    classifier = build_classifier(create_backbone("vgg16", 32, None), HeadConfig(dense_units=8))
-    config = ModelConfig("phantom", "vgg16", 0, "mlp", input_size=32, resize="stretch", threshold=0.5)
-    yield ImageModel(inference_copy(classifier), config)
-    keras.backend.clear_session()
+from sonotune.serving import as_image_list, to_rgb_image
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

@@ -1,25 +1,12 @@
 """`predict`'s file handling, on a real tiny Keras model (no MLflow): folders are searched recursively,
 unreadable files are reported and skipped, bad paths fail with one line."""
 
-import keras
 import pytest
 from PIL import Image
 
 from sonotune.data.phantom import write_phantom
 from sonotune.errors import DataError
-from sonotune.models.backbones import create_backbone
-from sonotune.models.head import HeadConfig, build_classifier, inference_copy
-from sonotune.serving import ImageModel, ModelConfig
 from sonotune.stages.predict import collect_images, predict_files
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    keras.utils.set_random_seed(0)
-    classifier = build_classifier(create_backbone("vgg16", 32, None), HeadConfig(dense_units=8))
-    config = ModelConfig("phantom", "vgg16", 0, "mlp", input_size=32, resize="stretch", threshold=0.5)
-    yield ImageModel(inference_copy(classifier), config)
-    keras.backend.clear_session()
 
 
 @pytest.fixture(scope="module")
