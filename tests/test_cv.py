@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from sonotune.cv import RULES, fold_plan, refit_split, rules, svm_fit_rows
+from sonotune.cv import RULES, fold_plan, outer_folds, refit_split, rules, svm_fit_rows
 from sonotune.vocabulary import PROTOCOLS
 
 
@@ -14,13 +15,14 @@ def _data(n=90, seed=0):
 
 
 @pytest.mark.parametrize("protocol", ["leakage_free", "paper"])
-def test_folds_are_disjoint_and_grouped(protocol):
+def test_folds_are_disjoint_and_grouped_unless_paper(protocol):
     y, groups = _data()
     plan = fold_plan(y, groups, protocol, n_splits=5, val_fraction=0.2, seed=3)
     tests = np.concatenate([f.test for f in plan])
     assert sorted(tests) == list(range(len(y)))  # every image is tested exactly once
+    straddling = sum(len(set(groups[fold.test]) & set(groups[fold.fit])) for fold in plan)
+    assert (straddling == 0) == rules(protocol).grouped_folds  # the paper's folds do split groups
     for fold in plan:
-        assert not set(groups[fold.test]) & set(groups[fold.fit])
         assert not set(fold.test) & set(fold.fit)
         if protocol == "leakage_free":
             assert not set(fold.val) & set(fold.test)
@@ -41,27 +43,46 @@ def test_same_seed_same_folds():
     assert not all(np.array_equal(x.test, z.test) for x, z in zip(a, c))
 
 
-@pytest.mark.parametrize("protocol", ["leakage_free", "paper"])
-def test_no_test_image_or_group_reaches_training_or_validation(protocol):
+def test_no_test_image_or_group_reaches_training_or_validation():
     y, groups = _data(n=120, seed=5)
-    for fold in fold_plan(y, groups, protocol, n_splits=4, val_fraction=0.25, seed=0):
-        assert not set(fold.test) & set(fold.train) - (set(fold.val) if protocol == "paper" else set())
-        assert not set(groups[fold.test]) & set(groups[fold.train]) - (
-            set(groups[fold.val]) if protocol == "paper" else set())
-        if protocol == "leakage_free":
-            assert not set(groups[fold.val]) & set(groups[fold.test])
+    for fold in fold_plan(y, groups, "leakage_free", n_splits=4, val_fraction=0.25, seed=0):
+        assert not set(fold.test) & set(fold.train)
+        assert not set(groups[fold.test]) & set(groups[fold.train])
+        assert not set(groups[fold.val]) & set(groups[fold.test])
 
 
-def test_folds_do_not_depend_on_the_configuration():
-    """fold_plan sees only labels, groups, protocol knobs and the seed: every backbone/strategy shares folds."""
+def test_the_paper_selects_on_the_test_fold_and_trains_on_the_rest():
+    y, groups = _data(n=120, seed=5)
+    for fold in fold_plan(y, groups, "paper", n_splits=4, val_fraction=0.25, seed=0):
+        assert np.array_equal(fold.val, fold.test) and not set(fold.test) & set(fold.fit)
+        assert sorted(np.concatenate([fold.fit, fold.test])) == list(range(len(y)))
+
+
+@pytest.mark.parametrize("protocol, splitter", [("leakage_free", StratifiedGroupKFold), ("paper", StratifiedKFold)])
+def test_outer_folds_are_the_protocols_splitter(protocol, splitter):
+    """leakage_free: StratifiedGroupKFold over the groups; paper: plain StratifiedKFold, as the paper did. Only
+    labels, groups, the protocol and the seed enter, so every backbone and strategy shares the folds."""
     y, groups = _data()
-    plans = [fold_plan(y, groups, p, 5, 0.2, seed=7) for p in ("leakage_free", "paper")]
-    assert all(np.array_equal(a.test, b.test) for a, b in zip(*plans))  # paper vs leakage_free: same test folds
+    plan = fold_plan(y, groups, protocol, 5, 0.2, seed=7)
+    grouping = {"groups": groups} if splitter is StratifiedGroupKFold else {}
+    expected = splitter(n_splits=5, shuffle=True, random_state=7).split(np.zeros(len(y)), y, **grouping)
+    assert [sorted(test) for _, test in expected] == [f.test.tolist() for f in plan]
+    assert all(np.array_equal(a.test, b.test) for a, b in zip(plan, fold_plan(y, groups, protocol, 5, 0.2, seed=7)))
+
+
+def test_ungrouped_outer_folds_ignore_the_groups():
+    y, groups = _data()
+    singletons = np.arange(len(y)).astype(str)
+    for (_, a), (_, b) in zip(outer_folds(y, groups, 5, 3, grouped=False), outer_folds(y, singletons, 5, 3, grouped=False)):
+        assert np.array_equal(a, b)
 
 
 def test_every_protocol_has_its_rules_and_an_unknown_one_is_refused():
     assert tuple(RULES) == PROTOCOLS
     assert rules("paper").epoch_on_test_fold and not rules("leakage_free").epoch_on_test_fold
+    # the paper's conditions, all of them: no grouping, label conflicts kept; leakage_free: the opposite
+    assert not rules("paper").grouped_folds and rules("paper").keep_label_conflicts
+    assert rules("leakage_free").grouped_folds and not rules("leakage_free").keep_label_conflicts
     with pytest.raises(ValueError, match="protocol must be one of leakage_free, paper"):
         rules("sloppy")
 
