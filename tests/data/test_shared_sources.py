@@ -140,6 +140,9 @@ def test_ddti_merges_two_cases_only_through_identical_pixels(shared_datasets, tm
         assert manifest["group"].tolist() == exact, f"a near duplicate joined two cases at {threshold} bits"
         assert manifest["group"].nunique() == 30 - 5  # 30 cases, 5 joined to others by a shared image
         assert check_study_ready(manifest, 5, "ddti") is None
+    # margin: the closest images of two different groups are 18 bits apart on the content hash (12 on the
+    # hash of the whole screen, docs/datasets.md)
+    assert closest_pairs(manifest["phash"].tolist(), manifest["group"].tolist(), 1)[0][0] >= 16
 
 
 def test_busi_recrops_are_grouped_at_the_busi_threshold(shared_datasets, tmp_path):
