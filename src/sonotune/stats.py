@@ -322,11 +322,22 @@ def clustered_auc_ci(y, score, groups, folds, alpha: float = 0.05) -> Interval:
     auc, variance = float(auc[0]), float(variance[0])
     if np.isnan(auc) or np.isnan(variance):
         return Interval(auc, float("nan"), float("nan"))
+    if variance == 0:  # every pair ranked right (or wrong) in every fold: the variance estimate says nothing
+        return _perfect_ranking_interval(y, groups, auc, alpha)
     quantile = student.ppf(1 - alpha / 2, t_df(clusters, len(np.unique(folds))))
     clipped = min(max(auc, 1e-4), 1 - 1e-4)
     logit, sd = np.log(clipped / (1 - clipped)), np.sqrt(variance) / (clipped * (1 - clipped))
     low, high = 1 / (1 + np.exp(-(logit - quantile * sd))), 1 / (1 + np.exp(-(logit + quantile * sd)))
     return Interval(auc, float(min(low, auc)), float(max(high, auc)))
+
+
+def _perfect_ranking_interval(y, groups, auc: float, alpha: float) -> Interval:
+    """AUC 1 (or 0) in every fold: the exact binomial (Clopper–Pearson) bound for c successes in c trials,
+    c the number of groups of the smaller class — conservative, since a pair of groups is the unit that errs."""
+    y, groups = np.asarray(y).astype(bool), np.asarray(groups).astype(str)
+    trials = min(len(np.unique(groups[y])), len(np.unique(groups[~y])))
+    bound = (alpha / 2) ** (1 / trials)
+    return Interval(auc, bound, 1.0) if auc >= 0.5 else Interval(auc, 0.0, 1 - bound)
 
 
 def clustered_delong_test(y, score_a, score_b, groups, folds, alpha: float = 0.05) -> PairedTest:
@@ -384,8 +395,9 @@ def _codes(values) -> np.ndarray:
 
 
 def _level_differences(y: np.ndarray, levels: np.ndarray, fold: np.ndarray, cluster: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Fold-mean AUC difference a − b and Obuchowski's variance of it, for R pairs of integer within-fold levels
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fold-mean AUCs of a and b (R × 2), their difference a − b and Obuchowski's variance of it (R each), for R
+    pairs of integer within-fold levels
     (`levels` R × 2 × N), every fold at once by counting: the permutation test's inner loop, O(R·N).
 
     `fold` and `cluster` are integer codes (a cluster lies in one fold); the result equals
@@ -430,6 +442,7 @@ def _level_differences(y: np.ndarray, levels: np.ndarray, fold: np.ndarray, clus
     in_fold = np.zeros((n_clusters, n_folds))
     in_fold[np.arange(n_clusters), cluster_fold] = 1.0
     big_m, big_n = m_k @ in_fold, n_k @ in_fold
+    aucs = (s10 @ in_fold / big_m).mean(axis=2)  # R × 2: fold-mean AUC of a and of b
     delta = (d10 @ in_fold) / big_m  # R × K: per-fold AUC difference
     e10 = (d10 - m_k * delta[:, cluster_fold]) * (m_k > 0)
     e01 = (d01 - n_k * delta[:, cluster_fold]) * (n_k > 0)
@@ -439,7 +452,7 @@ def _level_differences(y: np.ndarray, levels: np.ndarray, fold: np.ndarray, clus
         var01 = i01 / ((i01 - 1) * big_n) * ((e01 ** 2) @ in_fold)
         var11 = i_all / (i_all - 1) * ((e10 * e01) @ in_fold)
         variance = var10 / big_m + var01 / big_n + 2 * var11 / (big_m * big_n)
-    return delta.mean(axis=1), variance.sum(axis=1) / n_folds ** 2
+    return aucs, delta.mean(axis=1), variance.sum(axis=1) / n_folds ** 2
 
 
 def cluster_permutation_test(y, score_a, score_b, groups, folds, n_permutations: int = 1999, alpha: float = 0.05,
@@ -450,12 +463,11 @@ def cluster_permutation_test(y, score_a, score_b, groups, folds, n_permutations:
 
     The statistic is the clustered-DeLong t (difference / Obuchowski SE), so the test is exact when the pair
     (a, b) is exchangeable within a group and still asymptotically valid when it is not (a studentized
-    permutation test). p = (1 + #{|t*| ≥ |t|}) / (1 + B). The interval is the clustered DeLong one.
+    permutation test). p = (1 + #{|t*| ≥ |t|}) / (1 + B). The interval is `clustered_delong_test`'s.
     """
+    from scipy.stats import t as student
+
     y, folds = np.asarray(y).astype(bool), np.asarray(folds)
-    observed = clustered_delong_test(y, score_a, score_b, groups, folds, alpha)
-    if np.isnan(observed.low):
-        return observed
     fold = _codes(folds)
     cluster = _codes(np.char.add(np.asarray(groups).astype(str), np.char.add("|", fold.astype(str))))
     a, b = within_fold_levels(score_a, fold), within_fold_levels(score_b, fold)
@@ -463,13 +475,16 @@ def cluster_permutation_test(y, score_a, score_b, groups, folds, n_permutations:
     swap = np.vstack([np.zeros(cluster.max() + 1, bool), rng.random((n_permutations, cluster.max() + 1)) < 0.5])
     swap = swap[:, cluster]  # row 0: the observed assignment
     levels = np.stack([np.where(swap, b, a), np.where(swap, a, b)], axis=1)  # (1 + B) × 2 × N
-    difference, variance = _level_differences(y, levels, fold, cluster)
+    aucs, difference, variance = _level_differences(y, levels, fold, cluster)
+    (auc_a, auc_b), observed, sd = aucs[0], float(difference[0]), float(np.sqrt(variance[0]))
+    if np.isnan(sd):
+        return PairedTest(float(auc_a), float(auc_b), observed, *(float("nan"),) * 3)
     with np.errstate(invalid="ignore", divide="ignore"):
         t = np.where(variance > 0, difference / np.sqrt(variance), np.where(difference == 0, 0.0, np.inf))
     exceed = np.sum(np.abs(t[1:]) >= abs(t[0]) * (1 - 1e-9))
-    p_value = (1 + exceed) / (1 + n_permutations)
-    return PairedTest(observed.auc_a, observed.auc_b, observed.difference, observed.low, observed.high,
-                      float(p_value))
+    half = student.ppf(1 - alpha / 2, t_df(cluster.max() + 1, fold.max() + 1)) * sd
+    return PairedTest(float(auc_a), float(auc_b), observed, observed - half, observed + half,
+                      float((1 + exceed) / (1 + n_permutations)))
 
 
 # ------------------------------------------------------------------ what the report calls

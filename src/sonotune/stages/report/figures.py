@@ -42,6 +42,15 @@ def indistinguishable_from_best(results: pd.DataFrame, tests: pd.DataFrame, data
 
 def save_auc_heatmap(path, results: pd.DataFrame, dataset: str, tests: pd.DataFrame | None = None,
                      alpha: float = 0.05, test_name: str = "paired test") -> None:
+    """`auc_heatmap` saved to `path`."""
+    plt = _plt()
+    fig = auc_heatmap(results, dataset, tests, alpha, test_name)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def auc_heatmap(results: pd.DataFrame, dataset: str, tests: pd.DataFrame | None = None, alpha: float = 0.05,
+                test_name: str = "paired test"):
     """Backbone × strategy fold-mean AUC, one panel per classifier, on the fixed scale AUC_SCALE; each row's
     best strategy in bold, and the strategies not distinguishable from it (Holm p ≥ alpha) outlined."""
     from matplotlib.patches import Rectangle
@@ -75,8 +84,7 @@ def save_auc_heatmap(path, results: pd.DataFrame, dataset: str, tests: pd.DataFr
                  label=f"AUC (fold mean), fixed scale {low:g}–{high:g}; values below {low:g} shown as {low:g}")
     fig.suptitle(f"{dataset}: AUC by backbone and strategy — bold: the row's best; dashed red: not "
                  f"distinguishable from it ({test_name}, Holm p ≥ {alpha:g})", fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    return fig
 
 
 def two_best_backbones(best: pd.DataFrame, dataset: str) -> pd.DataFrame:
