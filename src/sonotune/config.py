@@ -159,7 +159,7 @@ class Report(Section):
     n_permutations: Annotated[int, Field(ge=99, le=100_000)] = 999
     alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05
     interval: Literal["clustered", "bootstrap"] = "clustered"
-    paired_test: Literal["permutation", "clustered_delong", "delong", "bootstrap"] = "permutation"
+    paired_test: Literal["clustered_delong", "permutation", "delong", "bootstrap"] = "clustered_delong"
     log_to_mlflow: bool = True
 
 

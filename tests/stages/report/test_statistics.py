@@ -31,5 +31,5 @@ def test_default_test_and_interval_are_named_in_the_summary(workdir):
     params = report_params(backbones=("vgg16",), strategies=(0, 15))
     fake_study(params)
     text = run_report(params)
-    assert "cluster permutation test p " in text
+    assert "clustered DeLong p " in text
     assert "clustered (Obuchowski) variance, logit scale, t reference" in text

@@ -81,8 +81,8 @@ def auc_heatmap(results: pd.DataFrame, dataset: str, tests: pd.DataFrame | None 
         ax.set_title(f"{CLASSIFIER_LABELS[classifier]}", fontsize=10)
         ax.set_xlabel("layers fine-tuned")
     fig.colorbar(image, ax=axes[0].tolist(),
-                 label=f"AUC (fold mean), fixed scale {low:g}–{high:g}; values below {low:g} shown as {low:g}")
-    fig.suptitle(f"{dataset}: AUC by backbone and strategy — bold: the row's best; dashed red: not "
+                 label=f"AUC (fold mean), fixed scale {low:g}–{high:g}\nvalues below {low:g} shown as {low:g}")
+    fig.suptitle(f"{dataset}: AUC by backbone and strategy\nbold: the row's best; dashed red: not "
                  f"distinguishable from it ({test_name}, Holm p ≥ {alpha:g})", fontsize=9)
     return fig
 
