@@ -169,8 +169,10 @@ class Svm(Section):
 class Report(Section):
     table4_strategy: Strategy = 15
     n_bootstrap: Annotated[int, Field(ge=100, le=100_000)] = 1000
+    n_permutations: Annotated[int, Field(ge=99, le=100_000)] = 999
     alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05
-    paired_test: Literal["delong", "bootstrap"] = "delong"
+    interval: Literal["clustered", "bootstrap"] = "clustered"
+    paired_test: Literal["clustered_delong", "permutation", "delong", "bootstrap"] = "clustered_delong"
     log_to_mlflow: bool = True
 
 

@@ -20,8 +20,9 @@ def report_params(backbones=("vgg16", "resnet50"), strategies=(0, 15, 50), **rep
     return parse_params(raw)
 
 
-def fake_study(params, quality: dict | None = None) -> None:
-    """Stage outputs as `finetune` and `svm` write them, for scores whose signal grows with `quality`."""
+def fake_study(params, quality: dict | None = None, shift: dict | None = None) -> None:
+    """Stage outputs as `finetune` and `svm` write them, for scores whose signal grows with `quality`; `shift`
+    moves a configuration's raw scores (a large negative shift calls every image benign)."""
     rng = np.random.default_rng(0)
     group = np.arange(N_IMAGES) // 2  # two images per group, one class per group, both classes in every fold
     y = (group % 5 < 2).astype(int)
@@ -33,7 +34,7 @@ def fake_study(params, quality: dict | None = None) -> None:
             for strategy in params.study.strategies:
                 for classifier in ("mlp", "svm"):
                     signal_ = (quality or {}).get((backbone, strategy, classifier), 0.5 + strategy / 50)
-                    raw = signal_ * y + rng.normal(size=N_IMAGES)
+                    raw = signal_ * y + rng.normal(size=N_IMAGES) + (shift or {}).get((backbone, strategy, classifier), 0)
                     score = 1 / (1 + np.exp(-raw)) if classifier == "mlp" else raw
                     threshold = THRESHOLDS[classifier]
                     per_fold = [binary_metrics(y[folds == k], score[folds == k], threshold) for k in range(N_FOLDS)]

@@ -29,6 +29,13 @@ def score_column(backbone: str, strategy: int, classifier: str) -> str:
     return f"{backbone}/{strategy}/{classifier}"
 
 
+def single_class_folds(folds: list[dict]) -> int:
+    """Folds in which the classifier called every image one class (no positive or no negative call), from the
+    per-fold counts the stages write; such a fold's accuracy is just its prevalence."""
+    return sum(1 for fold in folds if {"tp", "fp", "tn", "fn"} <= fold.keys()
+               and (fold["tp"] + fold["fp"] == 0 or fold["tn"] + fold["fn"] == 0))
+
+
 def _read_json(path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: not found; run the finetune and svm stages first (dvc repro)")
@@ -55,7 +62,8 @@ def load_study(params: Params) -> StudyResults:
         for backbone, strategy, classifier in product(study.backbones, study.strategies, CLASSIFIERS):
             metrics = _read_json(metrics_file(dataset, backbone, strategy, classifier))
             rows.append({"dataset": dataset, "backbone": backbone, "strategy": strategy, "classifier": classifier,
-                         "n_folds": len(metrics["folds"]), **metrics["mean"]})
+                         "n_folds": len(metrics["folds"]), "single_class_folds": single_class_folds(metrics["folds"]),
+                         **metrics["mean"]})
             if classifier == "svm":
                 chosen_c[(dataset, backbone, strategy)] = metrics.get("chosen_c", [])
             oof = _read_oof(dataset, backbone, strategy, classifier)
