@@ -57,13 +57,20 @@ def experiment_name(dataset: str) -> str:
 def ensure_experiment(dataset: str) -> str:
     """Id of the dataset's experiment, created (artifacts under mlruns/artifacts when local) if needed."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     name = experiment_name(dataset)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     location = (LOCAL_STORE / "artifacts" / name).resolve().as_uri() if _uses_local_store() else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        # another worker (a DVC queue job, a teammate) created it between our look-up and our create
+        return mlflow.get_experiment_by_name(name).experiment_id
 
 
 def git_commit() -> str:
