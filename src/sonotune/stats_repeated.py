@@ -55,8 +55,9 @@ def _t_test(differences, variance_factor, alpha: float) -> ResampledTest:
     if d.size < 2 or not np.all(np.isfinite(d)):
         raise ValueError(f"need at least 2 finite differences (got {d.size}, finite: {np.isfinite(d).sum()})")
     mean, df = float(d.mean()), d.size - 1
-    se = float(np.sqrt(variance_factor(d.size) * d.var(ddof=1)))
-    if se == 0.0:  # every difference equal: no evidence of spread; an exact tie is no difference
+    # every difference equal (np.var of equal floats can be rounding noise, not 0): no spread
+    se = 0.0 if np.ptp(d) == 0 else float(np.sqrt(variance_factor(d.size) * d.var(ddof=1)))
+    if se == 0.0:  # a constant difference: certain when non-zero; an exact tie is no difference
         t_stat = 0.0 if mean == 0.0 else float(np.sign(mean) * np.inf)
     else:
         t_stat = mean / se
