@@ -183,7 +183,8 @@ def test_two_repeats_through_finetune_and_svm_resume_mid_repeat_and_keep_repeat_
     from sonotune.config import parse_params
     from sonotune.stages.report.load import load_study
 
-    params = tiny_params(**{"cv.n_splits": N_FOLDS, "cv.repeats": 2, "finetune.log_models": "best"})
+    params = tiny_params(**{"cv.n_splits": N_FOLDS, "cv.repeats": 2, "finetune.log_models": "best",
+                            "finetune.epochs": 1})
     repo = copy_repo(tmp_path / "repo", params)
     run(["sonotune", "prepare", "--dataset", "phantom"], repo)
     persisted = _kill_when(repo, "repeat1_fold_0.json")  # mid-repeat: repeat 1's last fold not yet trained
