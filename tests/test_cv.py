@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from sonotune.cv import RULES, fold_plan, outer_folds, refit_split, rules, svm_fit_rows
+from sonotune.cv import (
+    REPEAT_SEED_STRIDE, RULES, fold_plan, outer_folds, refit_split, repeat_seed, rules, svm_fit_rows,
+)
 from sonotune.vocabulary import PROTOCOLS
 
 
@@ -99,3 +101,31 @@ def test_the_refit_split_trains_on_every_group_but_the_validation_ones():
     assert len(fold.test) == 0 and sorted(np.concatenate([fold.fit, fold.val])) == list(range(len(y)))
     assert not set(groups[fold.fit]) & set(groups[fold.val])
     assert 0.1 < len(fold.val) / len(y) < 0.3 and set(y[fold.val]) == {0, 1}
+
+
+def _same_fold(a, b) -> bool:
+    return all(np.array_equal(getattr(a, part), getattr(b, part)) for part in ("fit", "val", "test"))
+
+
+@pytest.mark.parametrize("protocol", ["leakage_free", "paper"])
+def test_repeats_are_fresh_grouped_splits_and_repeat_0_is_the_single_split(protocol):
+    y, groups = _data()
+    single = fold_plan(y, groups, protocol, 5, 0.2, seed=3)
+    plan = fold_plan(y, groups, protocol, 5, 0.2, seed=3, repeats=3)
+    assert [f.key for f in plan] == [(r, k) for r in range(3) for k in range(5)]
+    assert all(_same_fold(a, b) and a.key == b.key for a, b in zip(single, plan[:5]))  # repeat 0 = repeats: 1
+    for repeat in range(3):
+        folds = [f for f in plan if f.repeat == repeat]
+        assert sorted(np.concatenate([f.test for f in folds])) == list(range(len(y)))  # each image tested once
+        assert all(not set(groups[f.test]) & set(groups[f.fit]) for f in folds)
+        # repeat r is the single split drawn with repeat_seed(seed, r)
+        alone = fold_plan(y, groups, protocol, 5, 0.2, seed=repeat_seed(3, repeat))
+        assert all(_same_fold(a, b) for a, b in zip(alone, folds))
+    tests = [tuple(sorted(map(tuple, (f.test for f in plan if f.repeat == r)))) for r in range(3)]
+    assert len(set(tests)) == 3  # three different partitions
+
+
+def test_repeat_seeds_never_collide_with_a_fold_seed():
+    """Fold k of repeat r trains with repeat_seed + k: the stride exceeds the largest fold count (cv.n_splits ≤ 20)."""
+    seeds = {repeat_seed(42, r) + k for r in range(10) for k in range(20)}
+    assert len(seeds) == 200 and repeat_seed(42, 0) == 42 and REPEAT_SEED_STRIDE > 20

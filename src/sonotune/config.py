@@ -123,6 +123,8 @@ class Prepare(Section):
 class CV(Section):
     n_splits: Annotated[int, Field(ge=2, le=20)] = 5
     val_fraction: Fraction = 0.2
+    # repeated cross-validation: repeat r re-splits with cv.repeat_seed(seed, r) and retrains every fold
+    repeats: Annotated[int, Field(ge=1, le=100)] = 1
 
 
 class Finetune(Section):

@@ -9,6 +9,10 @@ features and the test fold is scored once. `paper`: the paper's conditions, all 
 `StratifiedKFold` outer folds (duplicates and frames of one lesion may sit on both sides), label conflicts kept
 in the study, the epoch selected on the test fold itself, and the SVM tuned and scored by inner CV over every
 image's features. The same seed gives the same folds for every backbone and strategy.
+
+Repeated cross-validation (`cv.repeats: R`): repeat r is a fresh split of the same images seeded with
+`repeat_seed(seed, r) = seed + REPEAT_SEED_STRIDE · r` (stride 1000, larger than any fold count, so no seed of
+repeat r, `repeat_seed + fold`, is another repeat's). Repeat 0 is the single split of `cv.repeats: 1`.
 """
 
 from __future__ import annotations
@@ -49,12 +53,26 @@ def rules(protocol: str) -> ProtocolRules:
     return RULES[protocol]
 
 
+REPEAT_SEED_STRIDE = 1000
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The seed of repeat `repeat`'s split (and of its folds' training: `repeat_seed + fold`)."""
+    return seed + REPEAT_SEED_STRIDE * repeat
+
+
 @dataclass(frozen=True)
 class Fold:
     index: int
     fit: np.ndarray  # indices the network's weights are trained on
     val: np.ndarray  # indices that select the best epoch
     test: np.ndarray  # indices scored once
+    repeat: int = 0  # which split of repeated cross-validation the fold belongs to
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(repeat, fold index): what names the fold in stores, runs and outputs."""
+        return (self.repeat, self.index)
 
     @property
     def train(self) -> np.ndarray:
@@ -83,16 +101,20 @@ def validation_split(
 
 
 def fold_plan(
-    y: np.ndarray, groups: np.ndarray, protocol: str, n_splits: int, val_fraction: float, seed: int
+    y: np.ndarray, groups: np.ndarray, protocol: str, n_splits: int, val_fraction: float, seed: int,
+    repeats: int = 1,
 ) -> list[Fold]:
+    """The folds of every repeat, repeat by repeat (repeat r split with `repeat_seed(seed, r)`)."""
     plan = []
     grouped = rules(protocol).grouped_folds
-    for index, (train, test) in enumerate(outer_folds(y, groups, n_splits, seed, grouped)):
-        if rules(protocol).epoch_on_test_fold:
-            plan.append(Fold(index, fit=train, val=test, test=test))
-        else:
-            fit, val = validation_split(y, groups, train, val_fraction, seed + index)
-            plan.append(Fold(index, fit=fit, val=val, test=test))
+    for repeat in range(repeats):
+        split_seed = repeat_seed(seed, repeat)
+        for index, (train, test) in enumerate(outer_folds(y, groups, n_splits, split_seed, grouped)):
+            if rules(protocol).epoch_on_test_fold:
+                plan.append(Fold(index, fit=train, val=test, test=test, repeat=repeat))
+            else:
+                fit, val = validation_split(y, groups, train, val_fraction, split_seed + index)
+                plan.append(Fold(index, fit=fit, val=val, test=test, repeat=repeat))
     return plan
 
 

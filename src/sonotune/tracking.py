@@ -215,11 +215,15 @@ def log_keras_model(model, example, name: str = "model") -> None:
 
 
 @contextmanager
-def fold_run(parent, fold: int):
+def fold_run(parent, fold: int, repeat: int = 0):
+    """A fold's run nested under `parent`, with the parent's tags and `fold`, `repeat` (of repeated CV)."""
     import mlflow
 
-    tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")} | {"fold": str(fold)}
+    tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")} | {
+        "fold": str(fold), "repeat": str(repeat)}
     name = run_name(tags["backbone"], int(tags["strategy"]), tags["classifier"], fold)
+    if repeat:
+        name = f"{run_name(tags['backbone'], int(tags['strategy']), tags['classifier'])}-repeat{repeat}-fold{fold}"
     with mlflow.start_run(
         experiment_id=parent.info.experiment_id, run_name=name, nested=True, tags=tags
     ) as run:

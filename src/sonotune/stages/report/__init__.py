@@ -24,9 +24,11 @@ and `write` (the files under `reports/`); `run_report` below only strings them t
 
 from __future__ import annotations
 
+import dataclasses
+
 from sonotune.config import Params
 from sonotune.stages.report.findings import best_per_backbone, summary_text
-from sonotune.stages.report.load import StudyResults, load_study
+from sonotune.stages.report.load import load_study
 from sonotune.stages.report.mlflow_runs import log_intervals
 from sonotune.stages.report.statistics import add_intervals, comparisons
 from sonotune.stages.report.tables import table3, table4, table4_strategy
@@ -39,7 +41,7 @@ def run_report(params: Params) -> str:
     """Build every report file from the stages' outputs; return the one-screen summary."""
     study = load_study(params)
     results = add_intervals(study, params)
-    study = StudyResults(results, study.predictions, study.chosen_c)
+    study = dataclasses.replace(study, results=results)
     tests = comparisons(study, params)
     table = table3(results, params.protocol)
     best = best_per_backbone(results, tests)
