@@ -30,7 +30,7 @@ from sonotune.config import Params
 from sonotune.stages.report.findings import best_per_backbone, summary_text
 from sonotune.stages.report.load import load_study
 from sonotune.stages.report.mlflow_runs import log_intervals
-from sonotune.stages.report.statistics import add_intervals, comparisons
+from sonotune.stages.report.statistics import add_intervals, comparisons, variance_note
 from sonotune.stages.report.tables import table3, table4, table4_strategy
 from sonotune.stages.report.write import write_metrics, write_plots, write_summary, write_tables
 
@@ -52,6 +52,7 @@ def run_report(params: Params) -> str:
     mlflow_note = log_intervals(results, params)
     write_tables(study, table, t4, t4_strategy, tests, params)
     write_metrics(results)
-    text = summary_text(params, results, table, best, tests, t4_strategy, mlflow_note, t4)
+    text = summary_text(params, results, table, best, tests, t4_strategy, mlflow_note, t4,
+                        variance_note(study, params))
     write_summary(text)
     return text

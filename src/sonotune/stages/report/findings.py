@@ -104,12 +104,14 @@ def single_class_lines(results: pd.DataFrame) -> list[str]:
 
 
 def summary_text(params: Params, results: pd.DataFrame, table: pd.DataFrame, best: pd.DataFrame,
-                 tests: pd.DataFrame, t4_strategy: int, mlflow_note: str, t4: pd.DataFrame) -> str:
+                 tests: pd.DataFrame, t4_strategy: int, mlflow_note: str, t4: pd.DataFrame, variance: str) -> str:
     cfg = params.report
-    test_name = TEST_NAMES[cfg.paired_test]
+    named = tests["test"].dropna().unique() if "test" in tests else []
+    test_name = " / ".join(named) if len(named) else TEST_NAMES[cfg.paired_test]
     top = results.loc[results["auc_mean"].idxmax()]
+    repeats = f" × {params.cv.repeats} repeats" if params.cv.repeats > 1 else ""
     lines = [f"# sonotune study — {', '.join(params.study.datasets)} · protocol `{params.protocol}` · "
-             f"{params.cv.n_splits}-fold CV", ""]
+             f"{params.cv.n_splits}-fold CV{repeats}", ""]
     if len(table) <= TABLE3_INLINE_ROWS:
         lines += table3_markdown(table, cfg.alpha, INTERVAL_NAMES[cfg.interval]).splitlines()
     else:
@@ -120,6 +122,7 @@ def summary_text(params: Params, results: pd.DataFrame, table: pd.DataFrame, bes
     lines += classifier_lines(tests, cfg.alpha)
     lines += ["", *table4_lines(t4, t4_strategy)]
     lines += single_class_lines(results)
+    lines += ["", variance]
     lines += ["", f"Best: {top.dataset} / {top.backbone} at {top.strategy} % with the "
                   f"{CLASSIFIER_LABELS[top.classifier]} head "
                   f"(AUC {top.auc_mean:.3f} {_interval(top.auc_low, top.auc_high)}; sensitivity "

@@ -1,7 +1,12 @@
 """The report's statistics, built on `sonotune.stats`: every printed AUC recomputed from the out-of-fold scores
 with an interval for that very number, and every paired comparison (strategy vs strategy, MLP vs SVM) with
 Holm's correction inside its family. Where a dataset's folds hold too few groups of a class for a calibrated
-test or interval (`stats.MIN_GROUPS_PER_CLASS`), they are left out and the reason is said instead."""
+test or interval (`stats.MIN_GROUPS_PER_CLASS`), they are left out and the reason is said instead.
+
+With repeated cross-validation (`cv.repeats` > 1) the paired comparisons include training variance: the
+difference of the two configurations' AUC on every (repeat, fold) goes through the Nadeau–Bengio corrected
+resampled t-test (`stats_repeated`), whose variance also covers the overlap of the training sets. With one
+repeat they are conditional on the five trained models, and `variance_note` says so."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from itertools import combinations, product
 import numpy as np
 import pandas as pd
 
-from sonotune import stats
+from sonotune import stats, stats_repeated
 from sonotune.config import Params
 from sonotune.stages.report.load import StudyResults, score_column
 from sonotune.vocabulary import CLASSIFIERS
@@ -77,6 +82,38 @@ def _no_test(frame: pd.DataFrame, a: str, b: str) -> stats.PairedTest:
     return stats.PairedTest(auc_a, auc_b, auc_a - auc_b, float("nan"), float("nan"), float("nan"))
 
 
+def repeat_count(study: StudyResults, dataset: str) -> int:
+    frame = study.by_repeat.get(dataset)
+    return 1 if frame is None or frame.empty else int(frame["repeat"].nunique())
+
+
+def variance_note(study: StudyResults, params: Params) -> str:
+    """Which sources of variance the printed intervals and tests cover, in one sentence."""
+    repeats = max((repeat_count(study, dataset) for dataset in study.predictions), default=1)
+    sampling = "the sampling of patients/groups and images"
+    if repeats == 1:
+        return (f"Intervals and paired tests cover {sampling} only, with the {params.cv.n_splits} trained models "
+                "held fixed: training variance (initialisation, dropout, shuffling, which images train) is NOT "
+                "covered (`cv.repeats: 1`; set cv.repeats ≥ 3 to include it).")
+    return (f"AUC intervals cover {sampling} (repeat 0's models held fixed); the paired comparisons use all "
+            f"{repeats} repeats × {params.cv.n_splits} folds with the Nadeau–Bengio corrected resampled t-test, "
+            "so they also cover training variance and the overlap of training sets.")
+
+
+def repeated_aucs(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """(repeats, folds) AUC of one configuration from the out-of-fold scores of every repeat."""
+    return np.array([fold_aucs(part, column) for _, part in frame.groupby("repeat", sort=True)])
+
+
+def _repeated(frame: pd.DataFrame, a: str, b: str, n_splits: int, alpha: float) -> stats.PairedTest:
+    auc_a, auc_b = repeated_aucs(frame, a), repeated_aucs(frame, b)
+    keep = ~(np.isnan(auc_a) | np.isnan(auc_b))
+    test = stats_repeated.corrected_resampled_ttest((auc_a - auc_b)[keep],
+                                                    stats_repeated.kfold_test_train_ratio(n_splits), alpha)
+    return stats.PairedTest(float(auc_a[keep].mean()), float(auc_b[keep].mean()), test.mean, test.low, test.high,
+                            test.p_value)
+
+
 def comparisons(study: StudyResults, params: Params) -> pd.DataFrame:
     """Every paired comparison, with Holm's correction inside each family of questions.
 
@@ -87,10 +124,14 @@ def comparisons(study: StudyResults, params: Params) -> pd.DataFrame:
     rows = []
     for dataset, frame in study.predictions.items():
         reason = too_few_groups(frame)
+        repeated = repeat_count(study, dataset) > 1
 
         def compare(a: str, b: str) -> dict:
+            if repeated:
+                test = _repeated(study.by_repeat[dataset], a, b, params.cv.n_splits, params.report.alpha)
+                return vars(test) | {"no_test": None, "test": "corrected resampled t"}
             test = _no_test(frame, a, b) if reason else _paired(frame, a, b, params)
-            return vars(test) | {"no_test": reason}
+            return vars(test) | {"no_test": reason, "test": TEST_NAMES[params.report.paired_test]}
 
         for backbone, classifier in product(s.backbones, CLASSIFIERS):
             for a, b in combinations(s.strategies, 2):
@@ -103,7 +144,8 @@ def comparisons(study: StudyResults, params: Params) -> pd.DataFrame:
                          "a": mlp, "b": svm,
                          **compare(score_column(backbone, strategy, mlp), score_column(backbone, strategy, svm))})
     table = pd.DataFrame(rows, columns=["dataset", "family", "backbone", "classifier", "strategy", "a", "b",
-                                        "auc_a", "auc_b", "difference", "low", "high", "p_value", "no_test"])
+                                        "auc_a", "auc_b", "difference", "low", "high", "p_value", "no_test",
+                                        "test"])
     table["strategy"] = table["strategy"].astype("Int64")
     table["p_holm"] = table.groupby(["dataset", "family"])["p_value"].transform(lambda p: stats.holm(p.to_numpy()))
     table["distinguishable"] = table["p_holm"] < params.report.alpha
