@@ -26,6 +26,7 @@ PARAMS_FILE = "params.yaml"  # where DVC and every command read the study's para
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
+ClassWeight = Literal["none", "balanced"]  # none: the paper's unweighted loss
 
 
 class Section(BaseModel):
@@ -139,6 +140,7 @@ class Finetune(Section):
     monitor: Literal["val_auc", "val_loss"] = "val_auc"
     log_models: Literal["none", "best", "all"] = "none"
     prefix_cache: bool = True  # exact frozen-prefix cache (models/prefix_cache.py)
+    class_weight: ClassWeight = "none"  # balanced: each class weighs n / (2 · n_class) in the loss
 
 
 PositiveFloat = Annotated[float, Field(gt=0.0)]
@@ -165,6 +167,7 @@ class Svm(Section):
     c_grid: Annotated[list[PositiveFloat], Field(min_length=1)] = [0.1, 1.0, 10.0, 100.0]
     inner_splits: Annotated[int, Field(ge=2, le=20)] = 5
     max_iter: PositiveInt = 20000
+    class_weight: ClassWeight = "none"  # balanced: LinearSVC(class_weight='balanced')
     optuna: SvmOptuna = SvmOptuna()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 from sonotune.config import parse_params
 from sonotune.cv import Fold
@@ -55,3 +56,32 @@ def test_a_folds_result_depends_on_its_repeat_and_index_not_on_the_batch():
                                atol=1e-6)
     assert not np.allclose(scores[0], scores[1])  # the repeat changes the seed: a different network
     keras.backend.clear_session()
+
+
+def test_balanced_class_weights_make_each_class_weigh_the_same():
+    from sonotune.models.training import class_weights
+
+    y = np.array([0] * 30 + [1] * 10)
+    weights = class_weights("balanced", y)
+    assert weights == {0: pytest.approx(40 / 60), 1: pytest.approx(40 / 20)}
+    assert weights[0] * 30 == pytest.approx(weights[1] * 10)
+    assert class_weights("none", y) is None
+
+
+def test_balanced_training_changes_the_fit_and_stays_exact_with_the_prefix_cache():
+    """class_weight reaches the loss (other weights than unweighted) in both fits, and the cached fit still
+    matches the full model's."""
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(12, 32, 32, 3)) * 50).astype(np.float32)
+    y = np.array([0] * 9 + [1] * 3)
+    fold = Fold(index=0, fit=np.arange(12), val=np.arange(12), test=np.arange(12))
+    trained = {}
+    for policy, cache in (("none", None), ("balanced", None), ("balanced", PrefixCache())):
+        params = parse_params(tiny_params(**{"finetune.epochs": 2, "finetune.dense_units": 8,
+                                             "finetune.batch_size": 4, "finetune.class_weight": policy}))
+        model = train_fold(params.finetune, params.seed, "vgg16", 15, x, y, fold, cache).model
+        trained[(policy, cache is not None)] = [keras.ops.convert_to_numpy(w.value).copy() for w in model.weights]
+        keras.backend.clear_session()
+    assert any(not np.allclose(a, b) for a, b in zip(trained[("none", False)], trained[("balanced", False)]))
+    for a, b in zip(trained[("balanced", False)], trained[("balanced", True)], strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * (np.abs(a).max() + 1e-12))

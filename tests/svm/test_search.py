@@ -56,3 +56,17 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
     study = optuna.load_study(study_name="shared", storage=storage)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(study.trials) == len(done) == 9
+
+
+def test_a_balanced_svm_weighs_the_rare_class():
+    from sonotune.svm.search import svm_pipeline
+
+    assert svm_pipeline(100, 0).named_steps["svc"].class_weight is None
+    assert svm_pipeline(100, 0, "balanced").named_steps["svc"].class_weight == "balanced"
+    rng = np.random.default_rng(0)
+    y = (np.arange(400) % 5 == 0).astype(int)  # 20 % malignant, classes overlapping
+    x = rng.normal(size=(400, 2)) + 0.7 * y[:, None]
+    plain = svm_pipeline(20000, 0).fit(x, y).predict(x)
+    balanced = svm_pipeline(20000, 0, "balanced").fit(x, y).predict(x)
+    sensitivity = [float(predicted[y == 1].mean()) for predicted in (plain, balanced)]
+    assert sensitivity[1] > sensitivity[0] + 0.2  # the rare class is found far more often once it weighs the same

@@ -123,6 +123,16 @@ def train_folds(cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.nd
     return list(iter_train_folds(cfg, seed, backbone, strategy, x, y, folds, cache))
 
 
+def class_weights(policy: str, y_fit: np.ndarray) -> dict[int, float] | None:
+    """Keras `class_weight` for the fold's training labels: None (the paper), or "balanced" n / (2 · n_class)."""
+    if policy == "none":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    classes = np.array([0, 1])
+    return dict(zip(classes.tolist(), compute_class_weight("balanced", classes=classes, y=y_fit).tolist()))
+
+
 def train_fold(cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.ndarray, y: np.ndarray, fold: Fold,
                cache: PrefixCache | None = None) -> TrainedFold:
     """Train on `fold.fit`, keep the epoch with the best `cfg.monitor` on `fold.val`; seeded with
@@ -142,7 +152,8 @@ def train_fold(cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.nda
     )
     name = f"{backbone}-{strategy} fold {fold.index}" + (f" repeat {fold.repeat}" if fold.repeat else "")
     callbacks = [best, epoch_bar(cfg.epochs, name, cfg.monitor)]
-    fit = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
+    fit = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks,
+               class_weight=class_weights(cfg.class_weight, y[fold.fit]))
     if cache is not None:
         history = fit_with_prefix_cache(model, x, onehot, fold.fit, fold.val, store=cache.store,
                                         suffixes=cache.suffixes, **fit)

@@ -188,7 +188,7 @@ def run_svm(params: Params, dataset: str, backbone: str, strategy: int, estimato
 
     cfg = params.svm
     data = load_finetuned(dataset, backbone, strategy, cfg.features)
-    estimator = estimator if estimator is not None else svm_pipeline(cfg.max_iter, params.seed)
+    estimator = estimator if estimator is not None else svm_pipeline(cfg.max_iter, params.seed, cfg.class_weight)
     y = data.rows["y"].to_numpy()
     oof = data.rows.assign(C=np.nan, score=np.nan)
     per_fold, chosen_c, tried = [], [], []

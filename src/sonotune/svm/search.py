@@ -36,8 +36,11 @@ class CSearch:
     tried: pd.DataFrame  # SEARCH_COLUMNS, one row per grid value or Optuna trial
 
 
-def svm_pipeline(max_iter: int, seed: int) -> Pipeline:
-    return Pipeline([("scale", StandardScaler()), ("svc", LinearSVC(max_iter=max_iter, random_state=seed))])
+def svm_pipeline(max_iter: int, seed: int, class_weight: str = "none") -> Pipeline:
+    """StandardScaler → LinearSVC; `class_weight` "balanced" weighs each class by 1 / its frequency."""
+    weights = None if class_weight == "none" else class_weight
+    svc = LinearSVC(max_iter=max_iter, random_state=seed, class_weight=weights)
+    return Pipeline([("scale", StandardScaler()), ("svc", svc)])
 
 
 def inner_folds(n_splits: int, seed: int, grouped: bool = True) -> StratifiedGroupKFold | StratifiedKFold:
