@@ -1,4 +1,16 @@
-"""User-facing errors: anything raised as `SonotuneError` reaches the user as one line and exit code 2."""
+"""User-facing errors: anything raised as `SonotuneError` reaches the user as one line and exit code 2.
+
+`require_writable(folder, what)` is the preflight of every output folder and store: a stage finds out that it
+cannot write before it trains, not after (docs/failures.md). `mask_credentials` keeps passwords out of output.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]+):[^@\s/]+@", re.IGNORECASE)
 
 
 class SonotuneError(Exception):
@@ -11,3 +23,30 @@ class ConfigError(SonotuneError):
 
 class DataError(SonotuneError):
     """A dataset root, image or manifest does not look as expected."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `dvc queue kill`) turned into what Ctrl-C raises, so a stage unwinds the same way."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def mask_credentials(text: str) -> str:
+    """`text` with every `scheme://user:password@` turned into `scheme://user:***@` (MLflow prints its
+    tracking URI in "View run … at" lines and in errors)."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
+
+
+def require_writable(folder: Path, what: str) -> None:
+    """Create `folder` if needed and prove a file can be written in it; else one line naming it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sonotune-write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SonotuneError(f"{folder}/: cannot write {what} there ({reason}); nothing was trained: make it a "
+                            f"writable folder and rerun") from None
