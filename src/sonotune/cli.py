@@ -104,11 +104,12 @@ def cmd_finetune(args) -> None:
     _require_tracking()
     from sonotune.config import load_params
     from sonotune.resume import RESUME_ROOT
-    from sonotune.stages.finetune import run_finetune
 
     params = load_params(args.params)
     _require_configuration(params, args)
     require_writable(RESUME_ROOT, "the finished folds (resume store)")
+    from sonotune.stages.finetune import run_finetune  # TensorFlow: after every check that needs none
+
     _deterministic()
     summary = run_finetune(params, args.dataset, args.backbone, args.strategy)
     print(f"{args.dataset} {args.backbone} {args.strategy}% MLP: AUC {summary['auc_mean']:.3f} ± {summary['auc_sd']:.3f}")
@@ -117,10 +118,11 @@ def cmd_finetune(args) -> None:
 def cmd_svm(args) -> None:
     _require_tracking()
     from sonotune.config import load_params
-    from sonotune.stages.svm import run_svm
 
     params = load_params(args.params)
     _require_configuration(params, args)
+    from sonotune.stages.svm import run_svm
+
     summary = run_svm(params, args.dataset, args.backbone, args.strategy)
     print(f"{args.dataset} {args.backbone} {args.strategy}% SVM: AUC {summary['auc_mean']:.3f} ± {summary['auc_sd']:.3f}")
 

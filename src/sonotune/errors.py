@@ -40,13 +40,17 @@ def mask_credentials(text: str) -> str:
 
 
 def require_writable(folder: Path, what: str) -> None:
-    """Create `folder` if needed and prove a file can be written in it; else one line naming it."""
+    """Prove a file can be written in `folder` (or, while it does not exist, in the nearest folder above it,
+    where it would be created); else one line naming it. Creates nothing but a deleted temporary file."""
     folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sonotune-write-check-"):
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a folder")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".sonotune-write-check-"):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise SonotuneError(f"{folder}/: cannot write {what} there ({reason}); nothing was trained: make it a "
-                            f"writable folder and rerun") from None
+        needed = "" if existing == folder else f", needed for {folder}/"
+        raise SonotuneError(f"{existing}/: cannot write {what} there ({reason}{needed}); nothing was trained: "
+                            f"make it a writable folder and rerun") from None
