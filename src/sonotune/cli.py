@@ -367,15 +367,39 @@ def _mask_credentials_in_output() -> None:
         sys.stdout, sys.stderr = _MaskedStream(sys.stdout), _MaskedStream(sys.stderr)
 
 
+_UNWINDING: list[str] = []  # the signal being handled, once its exception is on its way up
+
+
 def _raise_interrupted(signum, frame) -> None:
-    """SIGTERM/SIGINT → `Interrupted` once (open runs end FAILED on the way out); later signals are ignored so
-    the clean-up itself is not cut short."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise Interrupted(signal.Signals(signum).name)
+    """SIGTERM/SIGINT → `Interrupted`, raised once (open runs end FAILED on the way out); signals arriving while
+    it unwinds are ignored so the clean-up itself is not cut short."""
+    if _UNWINDING:
+        return
+    _UNWINDING.append(signal.Signals(signum).name)
+    raise Interrupted(_UNWINDING[0])
+
+
+def _rearm_swallowed_interrupt(unraisable) -> None:
+    """A signal that lands in a garbage-collector callback or `__del__` raises where Python can only print and
+    drop the exception: deliver it again, so it surfaces in the main code."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        import _thread
+        import threading
+
+        name = _UNWINDING.pop() if _UNWINDING else unraisable.exc_value.signal_name
+        # from another thread, a moment later: raised here it would land in this hook and be dropped again
+        threading.Timer(0.05, _thread.interrupt_main, [signal.Signals[name].value]).start()
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _fail(command: str, message: str, status: int) -> int:
+    """Print the one line, on a line of its own: progress bars left open by the failure are closed first."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in sorted(getattr(tqdm, "_instances", ()), key=lambda bar: -bar.pos):
+            bar.close()
     print(f"sonotune {command}: error: {message}", file=sys.stderr)
     return status
 
@@ -387,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "server":  # the server replaces this process and handles its own signals
         signal.signal(signal.SIGTERM, _raise_interrupted)
         signal.signal(signal.SIGINT, _raise_interrupted)
+        sys.unraisablehook = _rearm_swallowed_interrupt
     try:
         args.func(args)
     except SonotuneError as exc:
