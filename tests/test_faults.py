@@ -569,6 +569,35 @@ def test_promote_an_unknown_model(repo):
            repo)
 
 
+def test_promote_without_a_version_and_predict_an_unreadable_image(repo, tmp_path):
+    for args in (["finetune", *CONFIG], ["deploy", *CONFIG]):
+        done = sonotune(repo, *args)
+        assert done.returncode == 0, done.output[-3000:]
+    result = sonotune(repo, "promote", "sonotune-phantom")
+    assert result.returncode == 0 and "Traceback" not in result.output, result.output[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert line == "models:/sonotune-phantom@champion -> version 1"
+    record("promote-without-version", "`sonotune promote NAME` without a version (picks the best CV AUC)", result,
+           line, "the registry; only the alias moves", repo)
+
+    (tmp_path / "garbage.png").write_bytes(b"not a png")
+    noise_png(tmp_path / "good.png", 3)
+    out = tmp_path / "predictions.csv"
+    result = sonotune(repo, "predict", "models:/sonotune-phantom@champion", str(tmp_path / "good.png"),
+                      str(tmp_path / "garbage.png"), "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.output, result.output[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sonotune predict: skipped ")]
+    assert len(lines) == 1 and "garbage.png" in lines[0]
+    assert len(out.read_text().splitlines()) == 2  # header + the readable image
+    record("predict-unreadable-image", "`sonotune predict` given an unreadable image among good ones", result,
+           normalize_tmp(lines[0], tmp_path), "the predictions of the readable images (CSV written)", repo)
+    assert running(local_statuses(repo)) == []
+
+
+def normalize_tmp(line: str, tmp_path: Path) -> str:
+    return line.replace(str(tmp_path), "<tmp>")
+
+
 def test_predict_with_a_model_that_does_not_exist(repo, tmp_path):
     noise_png(tmp_path / "x.png", 1)
     result = sonotune(repo, "predict", "models:/sonotune-nope@champion", str(tmp_path / "x.png"))
@@ -598,15 +627,15 @@ def test_a_fresh_clone_never_lets_dvc_delete_the_users_data(tmp_path):
 def test_two_dvc_repro_at_once_and_a_failed_repro_lose_nothing(repo):
     data = folder_set(repo)
     before = digest_tree(data)
-    first = subprocess.Popen(["dvc", "repro", "prepare@phantom"], cwd=repo, env=project_env(),
+    first = subprocess.Popen(["dvc", "repro", "finetune@phantom-vgg16-0"], cwd=repo, env=project_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (repo / "prepared" / ".phantom.staging").exists():
+    deadline = time.monotonic() + 300
+    while not (repo / STORE / "state.json").exists():  # the first is training: it holds DVC's lock for a while
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.05)
-    second = call(["dvc", "repro", "prepare@phantom"], repo)
-    first.communicate(timeout=300)
-    assert first.returncode == 0 and second.returncode != 0
+        time.sleep(0.1)
+    second = call(["dvc", "repro", "finetune@phantom-vgg16-0"], repo)
+    first.communicate(timeout=600)
+    assert first.returncode == 0 and second.returncode != 0, second.output
     line = next(line for line in second.stderr.splitlines() if line.startswith("ERROR"))
     assert "lock" in line
     record("two-dvc-repro-at-once", "two `dvc repro` at once", second, line.split(". Check the page")[0],
@@ -617,7 +646,7 @@ def test_two_dvc_repro_at_once_and_a_failed_repro_lose_nothing(repo):
     failed = call(["dvc", "repro", "prepare@phantom"], repo)
     assert failed.returncode != 0 and "Traceback" not in failed.output
     line = next(line for line in failed.stderr.splitlines() if line.startswith("sonotune prepare: error: "))
-    assert "datasets.phantom.n_benign" in line
+    assert "n_benign" in line
     assert digest_tree(data) == before
     call(["dvc", "checkout", "--force"], repo)
     assert digest_tree(data) == before and digest_tree(repo / "prepared" / "phantom") == prepared
@@ -634,6 +663,8 @@ CASES = (
     + ["image-corrupt-strict"] + sorted(UNREAD) + ["csv-path-outside-root"] + sorted(UNWRITABLE) + sorted(STORES)
     + sorted(CACHES) + sorted(SIGNALS) + sorted(SERVER_DOWN) + ["queue-without-server", "server-lost-mid-stage",
                                                                  "server-port-in-use", "promote-unknown-model",
+                                                                 "promote-without-version",
+                                                                 "predict-unreadable-image",
                                                                  "predict-unknown-model",
                                                                  "dvc-checkout-force-fresh-clone",
                                                                  "two-dvc-repro-at-once", "dvc-repro-fails"]
