@@ -68,8 +68,10 @@ def normalize(text: str, *paths: Path) -> str:
     """A line as the table shows it: throw-away paths, ports, hashes and run ids replaced by placeholders."""
     for path in paths:
         text = text.replace(str(path.resolve()), "<repo>").replace(str(path), "<repo>")
-    text = re.sub(r"/tmp/\S*?/(repo|store)\b", r"<\1>", text)
+    text = re.sub(r"/\S*?/pytest-\d+/[^/\s]+/(repo|store)\b", r"<\1>", text)
+    text = re.sub(r"/\S*?/pytest-\d+/[^/\s]+/", "<tmp>/", text)
     text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", text)
+    text = re.sub(r"--port \d+", "--port <port>", text)
     text = re.sub(r"\b[0-9a-f]{16,}\b", "<hash>", text)
     return text.replace("|", "\\|")
 

@@ -9,6 +9,7 @@ works on its own copy.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -524,7 +525,7 @@ def test_a_server_lost_mid_stage_ends_it_within_a_minute_and_the_rerun_resumes(r
 
     result = Result([], process.returncode, stdout, stderr, seconds)
     line = error_line(result, "finetune")
-    assert process.returncode == 2 and "alice:***@127.0.0.1" in line and "rerun the same command" in line
+    assert process.returncode == 2 and "alice:***@127.0.0.1" in line and "lost mid-stage" in line
     assert PASSWORD not in result.output and "alice:***@" in stdout, "MLflow's run links must be printed masked"
     assert (repo / STORE / "fold_0.json").exists() and half_written(repo) == []
     record("server-lost-mid-stage", "tracking server lost mid-stage (killed after fold 0)", result, line,
@@ -590,12 +591,8 @@ def test_promote_without_a_version_and_predict_an_unreadable_image(repo, tmp_pat
     assert len(lines) == 1 and "garbage.png" in lines[0]
     assert len(out.read_text().splitlines()) == 2  # header + the readable image
     record("predict-unreadable-image", "`sonotune predict` given an unreadable image among good ones", result,
-           normalize_tmp(lines[0], tmp_path), "the predictions of the readable images (CSV written)", repo)
+           lines[0], "the predictions of the readable images (CSV written)", repo)
     assert running(local_statuses(repo)) == []
-
-
-def normalize_tmp(line: str, tmp_path: Path) -> str:
-    return line.replace(str(tmp_path), "<tmp>")
 
 
 def test_predict_with_a_model_that_does_not_exist(repo, tmp_path):
@@ -618,7 +615,9 @@ def test_a_fresh_clone_never_lets_dvc_delete_the_users_data(tmp_path):
     assert status.returncode == 0 and "data.dvc" not in status.output and "data:" not in status.output
     checkout = call(["dvc", "checkout", "--force"], clone)
     assert digest_tree(data) == before, "dvc checkout --force deleted user data"
-    line = (checkout.stderr.strip().splitlines() or ["(nothing to do)"])[-1]
+    # a fresh clone has computed none of the pipeline's outputs: DVC says so, and leaves data/ alone
+    errors = [line for line in checkout.stderr.splitlines() if line.startswith("ERROR")]
+    line = (errors or ["(nothing to check out)"])[0] + " (the pipeline's outputs, none computed yet)"
     record("dvc-checkout-force-fresh-clone", "`dvc checkout --force` on a fresh clone with data in `data/`", checkout,
            line, "`data/` (no `data.dvc` ships: `dvc add data` creates yours); `dvc status` names no data", clone,
            command="dvc checkout --force")
@@ -637,8 +636,9 @@ def test_two_dvc_repro_at_once_and_a_failed_repro_lose_nothing(repo):
     first.communicate(timeout=600)
     assert first.returncode == 0 and second.returncode != 0, second.output
     line = next(line for line in second.stderr.splitlines() if line.startswith("ERROR"))
-    assert "lock" in line
-    record("two-dvc-repro-at-once", "two `dvc repro` at once", second, line.split(". Check the page")[0],
+    assert "is busy, it is being blocked by" in line or "Unable to acquire lock" in line, second.output
+    line = re.sub(r"'[^']*' is busy", "'<an output>' is busy", line.split(". Check the page")[0])
+    record("two-dvc-repro-at-once", "two `dvc repro` at once", second, line,
            "the first run's outputs; the second changes nothing", repo)
 
     prepared = digest_tree(repo / "prepared" / "phantom")

@@ -310,13 +310,25 @@ def _short_reason(exc: BaseException) -> str:
 
     for link in _chain(exc):
         if isinstance(link, (requests.ConnectionError, ConnectionError)):
-            return "connection refused or lost"
+            return LOST
         if isinstance(link, requests.Timeout):
             return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s"
     text = " ".join(str(exc).split())
     if "Max retries exceeded" in text or "Connection refused" in text or "Failed to establish" in text:
-        return "connection refused or lost"
+        return LOST
     return text[:160] + ("…" if len(text) > 160 else "")
+
+
+LOST = "connection refused or lost"
+
+
+def lost_server_line(uri: str, reason: str) -> str:
+    """The one line of a stage whose tracking server went away (found by MLflow's call or by `ServerWatch`)."""
+    from sonotune.team import redact
+
+    return mask_credentials(
+        f"MLflow tracking server {redact(uri)} lost mid-stage ({reason}); finished folds are kept: restart it "
+        f"(`sonotune server`) and rerun the same command to resume")
 
 
 def failure_line(exc: BaseException) -> str | None:
@@ -324,12 +336,14 @@ def failure_line(exc: BaseException) -> str | None:
     `exc` did not come from MLflow or its transport."""
     if not _is_tracking_error(exc):
         return None
-    from sonotune.team import redact
+    from sonotune.team import is_server, redact
 
-    uri = tracking_uri()
+    uri, reason = tracking_uri(), _short_reason(exc)
+    if is_server(uri) and reason == LOST:
+        return lost_server_line(uri, reason)
     return mask_credentials(
-        f"MLflow tracking store {redact(uri)} failed ({_short_reason(exc)}); finished folds are kept: make the "
-        f"store reachable and writable (`sonotune server`, MLFLOW_TRACKING_URI) and rerun the same command to resume"
+        f"MLflow tracking store {redact(uri)} failed ({reason}); finished folds are kept: make the store reachable "
+        f"and writable (`sonotune server`, MLFLOW_TRACKING_URI) and rerun the same command to resume"
     )
 
 
@@ -364,18 +378,15 @@ class ServerWatch:
             except TrackingUnavailable as exc:
                 misses += 1
                 if misses >= self.failures and not self._stop.is_set():
+                    refused = "Connection refused" in str(exc) or "Connection aborted" in str(exc)
                     found = re.search(r"\(([^)]*)\)", str(exc))
-                    self.lost = found.group(1) if found else str(exc)
+                    self.lost = LOST if refused else found.group(1) if found else str(exc)
                     _thread.interrupt_main()
                     return
 
     def line(self) -> str:
         """The one line of a stage stopped by this watch."""
-        from sonotune.team import redact
-
-        return mask_credentials(
-            f"MLflow tracking server {redact(self.uri)} lost mid-stage ({self.lost}); finished folds are kept: "
-            f"restart it (`sonotune server`) and rerun the same command to resume")
+        return lost_server_line(self.uri, self.lost)
 
 
 def watch_server(uri: str | None = None) -> ServerWatch | None:
