@@ -551,6 +551,21 @@ def test_a_server_lost_mid_stage_ends_it_within_a_minute_and_the_rerun_resumes(r
     ROWS["server-lost-mid-stage"].kept += "; the password is never printed (MLflow's links show `alice:***@`)"
 
 
+def test_the_server_watch_interrupts_a_long_step_when_the_server_goes_away():
+    """A fold may not call MLflow for many minutes: the watch asks /health itself and interrupts the main thread
+    (a real refused connection; the main thread stands for a training loop of short steps)."""
+    from sonotune.tracking import LOST, ServerWatch
+
+    watch = ServerWatch(f"http://127.0.0.1:{free_port()}", interval=0.3, failures=2).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        while time.monotonic() - started < 30:
+            time.sleep(0.01)
+    watch.stop()
+    assert watch.lost == LOST and time.monotonic() - started < 5
+    assert "lost mid-stage (connection refused or lost)" in watch.line()
+
+
 def test_server_on_a_port_in_use_fails(repo):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
