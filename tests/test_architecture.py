@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 
+import pytest
+
 from tests.test_pipeline import PACKAGE, SRC, imported_modules
 
 INFRASTRUCTURE = {"errors", "vocabulary", "layout", "outputs", "plots", "tracking", "team", "resume", "config"}
@@ -59,3 +61,9 @@ def test_no_import_cycles():
     # a package importing its own submodule (re-export) is not a cycle of concepts
     real = [c for c in cycles if not all(m.startswith(c[0] + ".") or c[0].startswith(m) for m in c[1:])]
     assert real == []
+
+
+@pytest.mark.parametrize("marker", sorted(str(p.relative_to(SRC)) for p in SRC.rglob("__init__.py")))
+def test_every_package_says_what_it_is_for(marker):
+    """A docstring in each package marker (DVC, which hashes them as stage deps, also warns on an empty file)."""
+    assert ast.get_docstring(ast.parse((SRC / marker).read_text())), f"{marker} has no docstring"

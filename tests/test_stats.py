@@ -127,3 +127,84 @@ def test_holm_hand_example():
     assert adjusted[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert np.isnan(adjusted[4])
     assert stats.holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+# ---------------------------------------------------------------- clustered statistics
+
+
+def test_clustered_variance_is_delong_for_single_images():
+    y, a = _sample(150, 21)
+    b = a + np.random.default_rng(22).normal(size=150)
+    folds, groups = np.arange(150) % 3, np.arange(150).astype(str)
+    auc, variance = stats.clustered_auc_variance(y, a, groups)
+    expected_auc, covariance = stats.delong_covariance(y, a)
+    assert auc[0] == pytest.approx(expected_auc[0]) and variance[0] == pytest.approx(covariance[0, 0])
+    clustered, plain = stats.clustered_delong_test(y, a, b, groups, folds), stats.delong_test(y, a, b, folds)
+    assert clustered.difference == pytest.approx(plain.difference)
+    # same standard error; the t reference (df = 150 − 2·3) makes the p-value a little larger than the z one
+    assert (clustered.high - clustered.low) / (plain.high - plain.low) == pytest.approx(1.0, abs=0.02)
+    assert plain.p_value < clustered.p_value < plain.p_value * 1.2
+
+
+def test_copies_of_an_image_add_no_information():
+    """Each image repeated 5 times as one cluster: same AUC and the same variance as the single images."""
+    y, a = _sample(60, 23)
+    groups = np.arange(60).astype(str)
+    auc, variance = stats.clustered_auc_variance(y, a, groups)
+    auc5, variance5 = stats.clustered_auc_variance(np.repeat(y, 5), np.repeat(a, 5), np.repeat(groups, 5))
+    assert auc5[0] == pytest.approx(auc[0]) and variance5[0] == pytest.approx(variance[0])
+    plain5 = stats.delong_covariance(np.repeat(y, 5), np.repeat(a, 5))[1][0, 0]
+    assert plain5 < variance[0] / 4  # what treating the copies as independent would claim
+
+
+def test_counting_path_matches_the_ranking_path_with_ties_and_mixed_clusters():
+    rng = np.random.default_rng(24)
+    groups = rng.integers(0, 90, 300)
+    y, folds = (groups % 3 == 0).astype(int), groups % 5
+    y[rng.random(300) < 0.1] ^= 1  # some clusters hold both classes
+    a, b = np.round(rng.normal(size=300) + y, 1), rng.normal(size=300) + 0.5 * y
+    fold, cluster = stats._codes(folds), stats._codes(groups)
+    levels = np.stack([stats.within_fold_levels(a, fold), stats.within_fold_levels(b, fold)])[None]
+    aucs_ab, difference, variance = stats._level_differences(y.astype(bool), levels, fold, cluster)
+    test = stats.clustered_delong_test(y, a, b, groups, folds)
+    aucs, expected_variance, _ = stats._difference_over_folds(y, np.vstack([a, b])[None], groups, folds)
+    assert difference[0] == pytest.approx(test.difference) and variance[0] == pytest.approx(expected_variance[0])
+    assert aucs_ab[0] == pytest.approx([test.auc_a, test.auc_b])
+
+
+def test_permutation_test_p_values():
+    y, good = _sample(200, 25, shift=2.0)
+    groups, folds = (np.arange(200) // 4).astype(str), (np.arange(200) // 4) % 5
+    weak = good + np.random.default_rng(26).normal(scale=3.0, size=200)
+    test = stats.cluster_permutation_test(y, good, weak, groups, folds, n_permutations=199, seed=1)
+    assert test.p_value == pytest.approx(1 / 200) and test.low > 0  # no swap beats the observed order
+    clustered = stats.clustered_delong_test(y, good, weak, groups, folds)
+    assert (test.auc_a, test.auc_b, test.low, test.high) == pytest.approx(
+        (clustered.auc_a, clustered.auc_b, clustered.low, clustered.high))
+    same = stats.cluster_permutation_test(y, good, good * 2 + 1, groups, folds, n_permutations=199, seed=1)
+    assert same.difference == 0 and same.p_value == 1.0  # a monotone transform is the same scorer
+
+
+def test_clustered_interval_contains_the_estimate_and_stays_inside_zero_one():
+    y, a = _sample(100, 27, shift=3.0)  # AUC near 1
+    groups, folds = np.arange(100).astype(str), np.arange(100) % 5
+    interval = stats.clustered_auc_ci(y, a, groups, folds)
+    assert 0.95 < interval.estimate < 1 and 0 < interval.low <= interval.estimate <= interval.high < 1
+    perfect = stats.clustered_auc_ci(y, a + 10 * y, groups, folds)  # AUC 1 in every fold, variance 0
+    n_small = min(y.sum(), (1 - y).sum())
+    assert perfect.estimate == 1 and perfect.high == 1
+    assert perfect.low == pytest.approx(0.025 ** (1 / n_small))  # Clopper–Pearson for n_small of n_small
+
+
+def test_too_few_groups_names_the_fold_and_the_class():
+    y = np.array([0, 0, 1, 1, 0, 1, 1])
+    groups = np.array(["a", "b", "c", "d", "e", "f", "f"])
+    folds = np.array([0, 0, 0, 0, 1, 1, 1])
+    assert stats.too_few_groups(y, groups, folds, 2) == ("fold 1 holds 1 benign and 1 malignant groups; "
+                                                         "a calibrated test needs at least 2 of each per fold")
+    assert stats.too_few_groups(y[:4], groups[:4], folds[:4], 2) is None
+
+
+def test_unknown_paired_test_is_refused():
+    with pytest.raises(ValueError, match="unknown paired test 'wilcoxon'"):
+        stats.paired_test("wilcoxon", [0, 1], [0.1, 0.2], [0.1, 0.2], ["a", "b"], [0, 0])

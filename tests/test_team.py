@@ -191,12 +191,14 @@ def test_queue_runs_the_grid_on_two_workers_into_one_server(tmp_path):
             queued = run([str(BIN / "sonotune"), "queue", "--jobs", "2"], repo, env).stdout
             assert "Queued experiment 'phantom-vgg16-0'" in queued + run(["dvc", "queue", "status"], repo, env).stdout
             status = wait_for_queue(repo, env)
+            logs = {s: run(["dvc", "queue", "logs", f"phantom-vgg16-{s}"], repo, env, check=False).stdout[-3000:]
+                    for s in strategies} if "Failed" in status else {}
         finally:
             run(["dvc", "queue", "stop", "--kill"], repo, env, check=False)
         runs, _ = _server_runs(uri)
 
     for strategy in strategies:
-        assert f"phantom-vgg16-{strategy}" in status and "Failed" not in status, status
+        assert f"phantom-vgg16-{strategy}" in status and "Failed" not in status, f"{status}\n{logs}"
     assert {r.info.status for r in runs} == {"FINISHED"}
     by_experiment: dict[str, list] = {}
     for r in runs:

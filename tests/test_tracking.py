@@ -90,3 +90,20 @@ def test_fail_run_tree_and_discard_unfinished_folds(store):
     assert client.get_run(parent).info.status == "FAILED"
     assert client.get_run(done).info.status == "FINISHED"
     assert tracking.resumable_run_id("0" * 32) is None
+
+
+def test_two_workers_creating_the_experiment_at_once_share_it(store, monkeypatch):
+    """The DVC queue starts workers together (tests/test_team.py runs two): a create that loses the race to a real
+    store takes the winner's experiment. Here the loser's look-up is replayed from before the winner's create."""
+    import mlflow
+
+    winner = mlflow.create_experiment(tracking.experiment_name("raced"))
+    looked_up = []
+    real_lookup = mlflow.get_experiment_by_name
+
+    def before_the_winner_then_real(name):
+        looked_up.append(name)
+        return None if len(looked_up) == 1 else real_lookup(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", before_the_winner_then_real)
+    assert tracking.ensure_experiment("raced") == winner

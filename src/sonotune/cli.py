@@ -67,7 +67,7 @@ def cmd_inspect(args) -> None:
     start = time.perf_counter()
     text = inspect_dataset(Path(args.path), kind=args.kind, manifest_out=args.manifest, strict=args.strict,
                            folds=args.folds, near_distance=args.near_distance, keep_normal=args.keep_normal,
-                           classes=args.classes)
+                           classes=args.classes, closest=args.closest)
     print(text)
     print(f"inspected in {time.perf_counter() - start:.1f} s")
 
@@ -280,6 +280,8 @@ def add_inspect_parser(sub) -> None:
                          help="check each class has a group per fold (0: skip)")
     inspect.add_argument("--near-distance", type=int, default=default(Prepare, "near_duplicate_distance"),
                          help="perceptual-hash Hamming distance of near duplicates (-1: exact duplicates only)")
+    inspect.add_argument("--closest", type=int, default=10, metavar="N",
+                         help="audit: list the N closest pairs of images left in different groups (0: none)")
     inspect.add_argument("--keep-normal", action="store_true", help="BUSI: count normal images as benign")
     inspect.add_argument("--classes", metavar="DIR=LABEL,…",
                          help="folder/mendeley: class folder → label, e.g. benign=benign,pleomorphic=benign,malignant=malignant")

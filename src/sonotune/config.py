@@ -34,7 +34,18 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class PhantomSource(Section):
+HashDistance = Annotated[int, Field(ge=0, le=32)]  # Hamming distance between 64-bit perceptual hashes
+
+
+class SourceSection(Section):
+    """What every dataset entry may set besides its loader's keys."""
+
+    # near duplicates of this dataset: hashes at most this far apart; null = exact duplicates only.
+    # Left out: prepare.near_duplicate_distance (see `near_duplicate_distance` below).
+    near_duplicate_distance: HashDistance | None = None
+
+
+class PhantomSource(SourceSection):
     kind: Literal["phantom"]
     n_benign: PositiveInt = 437
     n_malignant: PositiveInt = 210
@@ -47,22 +58,23 @@ PAPER_TIRADS: dict[str, Label] = {
 }
 
 
-class FolderSource(Section):
+class FolderSource(SourceSection):
     kind: Literal["folder"]
     root: str
     # class folder name -> label ("benign" | "malignant"); folders not listed are ignored
     classes: dict[str, Label] = DEFAULT_CLASSES
 
 
-class MendeleySource(Section):
+class MendeleySource(SourceSection):
     """Breast Ultrasound Image (Rodrigues, Mendeley Data 2017): class folders of greyscale BMP."""
 
     kind: Literal["mendeley"]
     root: str = "data/mendeley"
     classes: dict[str, Label] = DEFAULT_CLASSES
+    clip_frames: PositiveInt = 5  # usN.bmp: N = 1–5, 6–10, … are frames of one clip (one group); 1 = no clips
 
 
-class BusiSource(Section):
+class BusiSource(SourceSection):
     """BUSI (Al-Dhabyani et al. 2020): Dataset_BUSI_with_GT/{benign,malignant,normal} with `_mask` files."""
 
     kind: Literal["busi"]
@@ -70,7 +82,7 @@ class BusiSource(Section):
     normal: Literal["exclude", "benign"] = "exclude"  # exclude: the paper's 437 + 210; benign: normal joins benign
 
 
-class DdtiSource(Section):
+class DdtiSource(SourceSection):
     """DDTI (Pedraza et al. 2015): flat folder of <case>_<k>.jpg and <case>.xml holding <tirads>."""
 
     kind: Literal["ddti"]
@@ -78,7 +90,7 @@ class DdtiSource(Section):
     tirads: dict[str, Label] = PAPER_TIRADS  # TI-RADS score (lower case) -> label; other scores are excluded
 
 
-class CsvSource(Section):
+class CsvSource(SourceSection):
     """A manifest file with columns path,label[,group] (e.g. BUS-BRA, BrEaST with their patient ids)."""
 
     kind: Literal["csv"]
@@ -102,7 +114,8 @@ class Study(Section):
 class Prepare(Section):
     resize: Literal["stretch", "pad"] = "stretch"
     # near duplicates: 64-bit perceptual hashes at most this Hamming distance apart; null = exact duplicates only
-    near_duplicate_distance: Annotated[int, Field(ge=0, le=32)] | None = 6
+    # (each dataset entry may override it with its own near_duplicate_distance)
+    near_duplicate_distance: HashDistance | None = 6
     label_conflicts: Literal["exclude", "keep"] = "exclude"  # one image under two labels
     strict: bool = False  # stop at the first bad image instead of excluding it with its reason
 
@@ -110,6 +123,8 @@ class Prepare(Section):
 class CV(Section):
     n_splits: Annotated[int, Field(ge=2, le=20)] = 5
     val_fraction: Fraction = 0.2
+    # repeated cross-validation: repeat r re-splits with cv.repeat_seed(seed, r) and retrains every fold
+    repeats: Annotated[int, Field(ge=1, le=100)] = 1
 
 
 class Finetune(Section):
@@ -156,8 +171,10 @@ class Svm(Section):
 class Report(Section):
     table4_strategy: Strategy = 15
     n_bootstrap: Annotated[int, Field(ge=100, le=100_000)] = 1000
+    n_permutations: Annotated[int, Field(ge=99, le=100_000)] = 999
     alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05
-    paired_test: Literal["delong", "bootstrap"] = "delong"
+    interval: Literal["clustered", "bootstrap"] = "clustered"
+    paired_test: Literal["clustered_delong", "permutation", "delong", "bootstrap"] = "clustered_delong"
     log_to_mlflow: bool = True
 
 
@@ -193,6 +210,14 @@ class Params(Section):
                     f"study.datasets: '{name}' is not defined under datasets (defined: {sorted(self.datasets)})"
                 )
         return self
+
+
+def near_duplicate_distance(source: SourceSection, prepare: Prepare) -> int | None:
+    """The dataset's near-duplicate threshold: its own `near_duplicate_distance` when the entry sets one (null
+    included), else `prepare.near_duplicate_distance`."""
+    if "near_duplicate_distance" in source.model_fields_set:
+        return source.near_duplicate_distance
+    return prepare.near_duplicate_distance
 
 
 def _describe(error: dict) -> str:

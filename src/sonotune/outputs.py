@@ -3,6 +3,12 @@ and the ROC points for DVC plots. The folder is built beside its target and move
 crash never leaves a half-written output. `write_plot_data` adds the per-fold data behind the DVC plots:
 `<classifier>_roc_folds.csv` (fold, fpr, tpr; fold "pooled" = all out-of-fold scores) and
 `<classifier>_confusion.csv` (one row per image: fold, actual, predicted, for DVC's confusion template).
+
+Repeated cross-validation (`cv.repeats` R > 1): `oof.csv` holds one row per (repeat, image), repeat by
+repeat, with a `repeat` column before `fold`; with R = 1 it has no `repeat` column (the file of a single split,
+unchanged), which readers take as repeat 0 (`with_repeat`). Per-fold feature arrays are named by `feature_key`:
+`<layer>_<fold>` for repeat 0 (the single split's names), `<layer>_repeat<r>_<fold>` for repeat r > 0. The ROC
+and confusion plot data show repeat 0 (the first split); the metrics JSON covers every repeat.
 """
 
 from __future__ import annotations
@@ -18,6 +24,22 @@ from sonotune.layout import config_dir, metrics_file, roc_file, stage_dir, stage
 from sonotune.plots import roc_points
 from sonotune.vocabulary import CLASS_NAMES
 
+REPEAT = "repeat"  # oof.csv's column naming the repeat of repeated cross-validation (absent when R = 1)
+
+
+def feature_key(layer: str, repeat: int, fold: int) -> str:
+    """Name of fold `fold`'s feature array of `layer` in features.npz (repeat 0 keeps the single split's name)."""
+    return f"{layer}_{fold}" if repeat == 0 else f"{layer}_{REPEAT}{repeat}_{fold}"
+
+
+def with_repeat(oof: pd.DataFrame) -> pd.DataFrame:
+    """`oof` with its `repeat` column, 0 everywhere when the file had none (a single split)."""
+    return oof if REPEAT in oof.columns else oof.assign(**{REPEAT: 0})
+
+
+def first_repeat(oof: pd.DataFrame) -> pd.DataFrame:
+    """The rows of repeat 0 (every row of a single split)."""
+    return oof if REPEAT not in oof.columns else oof[oof[REPEAT] == 0]
 
 
 def roc_folds_file(dataset: str, backbone: str, strategy: int, classifier: str):
@@ -41,11 +63,14 @@ def write_stage_outputs(dataset, backbone, strategy, classifier, oof: pd.DataFra
             shutil.move(path, staging / name)
     metrics = {"mean": summary, "folds": per_fold} | (extra or {})
     metrics_file(dataset, backbone, strategy, classifier).write_text(json.dumps(metrics, indent=2) + "\n")
-    roc_points(oof["y"], oof["score"]).to_csv(roc_file(dataset, backbone, strategy, classifier), index=False)
+    shown = first_repeat(oof)
+    roc_points(shown["y"], shown["score"]).to_csv(roc_file(dataset, backbone, strategy, classifier), index=False)
 
 
 def write_plot_data(dataset, backbone, strategy, classifier, oof: pd.DataFrame, threshold: float) -> None:
-    """Per-fold and pooled ROC points, and per-image (actual, predicted) rows for the confusion matrix."""
+    """Per-fold and pooled ROC points, and per-image (actual, predicted) rows for the confusion matrix (of
+    repeat 0 when `oof` holds several repeats)."""
+    oof = first_repeat(oof)
     parts = [roc_points(part["y"], part["score"]).assign(fold=str(k)) for k, part in oof.groupby("fold")]
     parts.append(roc_points(oof["y"], oof["score"]).assign(fold="pooled"))
     roc = pd.concat(parts, ignore_index=True)[["fold", "fpr", "tpr"]]

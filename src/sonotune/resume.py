@@ -1,9 +1,10 @@
 """Per-fold checkpoints of a cross-validated stage, so a run killed mid-way resumes with the missing folds only.
 
 A `FoldStore` is a folder `.sonotune/resume/<dataset>/<backbone>/<strategy>/<classifier>/` holding
-`state.json` (the configuration's fingerprint and its MLflow parent run id), and per finished fold
-`fold_<k>.npz` (arrays) + `fold_<k>.json` (record). The JSON is written last, atomically: a fold counts as
-done only when its record exists. The store lives outside every DVC output on purpose: `dvc repro` deletes a
+`state.json` (the configuration's fingerprint and its MLflow parent run id), and per finished fold, keyed by
+(repeat, fold) of repeated cross-validation, `<stem>.npz` (arrays) + `<stem>.json` (record), the stem being
+`fold_<k>` for repeat 0 and `repeat<r>_fold_<k>` for repeat r > 0. The JSON is written last, atomically: a
+fold counts as done only when its record exists. The store lives outside every DVC output on purpose: `dvc repro` deletes a
 stage's outputs before rerunning it, which would throw the finished folds away. A different fingerprint
 (params, data or fold plan changed) discards the store; a run that completes clears it.
 """
@@ -31,6 +32,14 @@ def resume_dir(dataset: str, backbone: str, strategy: int, classifier: str) -> P
     return RESUME_ROOT / dataset / backbone / str(strategy) / classifier
 
 
+FoldKey = tuple[int, int]  # (repeat, fold index), as cv.Fold.key
+
+
+def _stem(key: FoldKey) -> str:
+    repeat, fold = key
+    return f"fold_{fold}" if repeat == 0 else f"repeat{repeat}_fold_{fold}"
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -38,7 +47,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class FoldStore:
-    """Finished folds of one configuration, keyed by fold index."""
+    """Finished folds of one configuration, keyed by (repeat, fold index)."""
 
     def __init__(self, root: Path, key: str, state: dict, discarded_parent_run_id: str | None = None):
         """A handle on an opened store; use `FoldStore.open`, which reads, checks and creates it."""
@@ -78,32 +87,33 @@ class FoldStore:
         self.state["parent_run_id"] = run_id
         _write_atomic(self.root / "state.json", json.dumps(self.state))
 
-    def done(self) -> dict[int, dict]:
-        """Records of the finished folds."""
+    def done(self) -> dict[FoldKey, dict]:
+        """Records of the finished folds, by (repeat, fold), in that order."""
         records = {}
-        for path in sorted(self.root.glob("fold_*.json")):
+        for path in self.root.glob("*fold_*.json"):
             record = json.loads(path.read_text())
-            records[int(record["fold"])] = record
-        return records
+            records[(int(record.get("repeat", 0)), int(record["fold"]))] = record
+        return dict(sorted(records.items()))
 
-    def save_fold(self, fold: int, record: dict, arrays: dict[str, np.ndarray]) -> None:
+    def save_fold(self, key: FoldKey, record: dict, arrays: dict[str, np.ndarray]) -> None:
         """Persist a finished fold: arrays first, then the record that marks it done."""
-        tmp = self.root / f"fold_{fold}.tmp.npz"
+        stem = _stem(key)
+        tmp = self.root / f"{stem}.tmp.npz"
         np.savez(tmp, **arrays)
-        os.replace(tmp, self.root / f"fold_{fold}.npz")
-        _write_atomic(self.root / f"fold_{fold}.json", json.dumps(record | {"fold": fold}))
+        os.replace(tmp, self.root / f"{stem}.npz")
+        _write_atomic(self.root / f"{stem}.json", json.dumps(record | {"repeat": key[0], "fold": key[1]}))
 
-    def load_arrays(self, fold: int) -> dict[str, np.ndarray]:
-        with np.load(self.root / f"fold_{fold}.npz") as data:
+    def load_arrays(self, key: FoldKey) -> dict[str, np.ndarray]:
+        with np.load(self.root / f"{_stem(key)}.npz") as data:
             return {name: data[name] for name in data.files}
 
-    def model_path(self, fold: int) -> Path:
-        return self.root / f"model_fold{fold}.keras"
+    def model_path(self, key: FoldKey) -> Path:
+        return self.root / f"model_{_stem(key)}.keras"
 
-    def keep_only_model(self, fold: int | None) -> None:
-        """Delete every saved fold model but `fold`'s."""
-        for path in self.root.glob("model_fold*.keras"):
-            if fold is None or path != self.model_path(fold):
+    def keep_only_model(self, key: FoldKey | None) -> None:
+        """Delete every saved fold model but `key`'s."""
+        for path in self.root.glob("model_*.keras"):
+            if key is None or path != self.model_path(key):
                 path.unlink()
 
     def clear(self) -> None:

@@ -84,13 +84,20 @@ def experiment_name(dataset: str) -> str:
 def ensure_experiment(dataset: str) -> str:
     """Id of the dataset's experiment, created (artifacts under mlruns/artifacts when local) if needed."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     name = experiment_name(dataset)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     location = (LOCAL_STORE / "artifacts" / name).resolve().as_uri() if _uses_local_store() else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        # another worker (a DVC queue job, a teammate) created it between our look-up and our create
+        return mlflow.get_experiment_by_name(name).experiment_id
 
 
 def git_commit() -> str:
@@ -235,11 +242,15 @@ def log_keras_model(model, example, name: str = "model") -> None:
 
 
 @contextmanager
-def fold_run(parent, fold: int):
+def fold_run(parent, fold: int, repeat: int = 0):
+    """A fold's run nested under `parent`, with the parent's tags and `fold`, `repeat` (of repeated CV)."""
     import mlflow
 
-    tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")} | {"fold": str(fold)}
+    tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")} | {
+        "fold": str(fold), "repeat": str(repeat)}
     name = run_name(tags["backbone"], int(tags["strategy"]), tags["classifier"], fold)
+    if repeat:
+        name = f"{run_name(tags['backbone'], int(tags['strategy']), tags['classifier'])}-repeat{repeat}-fold{fold}"
     with mlflow.start_run(
         experiment_id=parent.info.experiment_id, run_name=name, nested=True, tags=tags
     ) as run:

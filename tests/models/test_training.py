@@ -8,7 +8,8 @@ import numpy as np
 
 from sonotune.config import parse_params
 from sonotune.cv import Fold
-from sonotune.models.training import PrefixCache, better, predict_outputs, train_fold
+from sonotune.models.training import (PrefixCache, better, fold_seed, iter_train_folds, predict_outputs, train_fold,
+                                      train_folds)
 from tests.workspace import tiny_params
 
 
@@ -30,4 +31,27 @@ def test_a_fold_keeps_its_best_epoch_and_predicts_every_image():
     outputs = predict_outputs(model, x, cache)
     assert outputs["probabilities"].shape == (12, 2) and len(outputs["pooled"]) == len(outputs["dense"]) == 12
     np.testing.assert_allclose(outputs["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
+    keras.backend.clear_session()
+
+
+def test_a_folds_result_depends_on_its_repeat_and_index_not_on_the_batch():
+    """The batch contract: one TrainedFold per fold, in order, each seeded by (repeat, fold) alone — fold 0 of
+    repeat 1 trained after repeat 0's fold 0 (sharing a prefix cache) equals it trained alone in a fresh batch."""
+    params = parse_params(tiny_params(**{"finetune.epochs": 2, "finetune.dense_units": 8, "finetune.batch_size": 4}))
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(12, 32, 32, 3)) * 50).astype(np.float32)
+    y = np.arange(12) % 2
+    parts = dict(fit=np.arange(8), val=np.arange(8, 12), test=np.arange(8, 12))
+    first, second = Fold(index=0, **parts), Fold(index=0, repeat=1, **parts)
+    assert (fold_seed(42, first), fold_seed(42, second), fold_seed(42, Fold(index=2, repeat=3, **parts))) == (42, 1042, 3044)
+
+    cache = PrefixCache()
+    batch = iter_train_folds(params.finetune, params.seed, "vgg16", 15, x, y, [first, second], cache)
+    scores = [predict_outputs(trained.model, x, cache)["probabilities"] for trained in batch]
+    fresh = PrefixCache()
+    alone = train_folds(params.finetune, params.seed, "vgg16", 15, x, y, [second], fresh)
+    assert len(alone) == 1 and len(alone[0].history["loss"]) == 2
+    np.testing.assert_allclose(predict_outputs(alone[0].model, x, fresh)["probabilities"], scores[1], rtol=1e-5,
+                               atol=1e-6)
+    assert not np.allclose(scores[0], scores[1])  # the repeat changes the seed: a different network
     keras.backend.clear_session()

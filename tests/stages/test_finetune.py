@@ -154,3 +154,97 @@ def test_plot_data_and_summary_table(tmp_path, monkeypatch):
     lines = table.splitlines()
     assert lines[0] == "d b 15%" and len(lines) == 2 + 3 + 2
     assert lines[-1].split()[0] == "pooled" and float(lines[-1].split()[1]) == pytest.approx(pooled["auc"], abs=5e-4)
+
+
+# --- repeated cross-validation ------------------------------------------------------------------------------
+
+def _kill_when(repo, marker, timeout=900):
+    """Start the stage, SIGKILL it once `marker` (a fold record in the store) exists; return the persisted
+    (repeat, fold) keys at kill time."""
+    process = subprocess.Popen(["sonotune", "finetune", *CONFIG], cwd=repo, env=project_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while not (repo / STORE / marker).exists():
+            assert process.poll() is None, f"finetune exited ({process.returncode}) before persisting {marker}"
+            assert time.monotonic() < deadline, f"{marker} was not persisted in time"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    records = [json.loads(p.read_text()) for p in (repo / STORE).glob("*fold_*.json")]
+    return sorted((r["repeat"], r["fold"]) for r in records)
+
+
+def test_two_repeats_through_finetune_and_svm_resume_mid_repeat_and_keep_repeat_0_as_the_single_split(tmp_path):
+    import yaml
+
+    from sonotune.config import parse_params
+    from sonotune.stages.report.load import load_study
+
+    params = tiny_params(**{"cv.n_splits": N_FOLDS, "cv.repeats": 2, "finetune.log_models": "best",
+                            "finetune.epochs": 1})
+    repo = copy_repo(tmp_path / "repo", params)
+    run(["sonotune", "prepare", "--dataset", "phantom"], repo)
+    persisted = _kill_when(repo, "repeat1_fold_0.json")  # mid-repeat: repeat 1's last fold not yet trained
+    assert (0, 2) in persisted and (1, 0) in persisted and (1, 2) not in persisted, persisted
+
+    out = _finetune(repo).stdout
+    assert f"resuming, (repeat, fold) {persisted} already done" in out
+    runs = _all_runs(repo)
+    assert not (runs["status"] == "RUNNING").any()
+    parents = runs[runs["tags.fold"] == "all"]
+    assert len(parents) == 1 and parents["status"].item() == "FINISHED" and "tags.best_fold" in parents
+    client = _mlflow_client(repo)
+    live = [client.get_run(r) for r in runs["run_id"]]
+    live = [r for r in live if r.info.lifecycle_stage == "active" and r.data.tags["fold"] != "all"]
+    expected = [(r, k) for r in range(2) for k in range(N_FOLDS)]
+    assert sorted((int(r.data.tags["repeat"]), int(r.data.tags["fold"])) for r in live) == expected
+    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parents["run_id"].item()
+               for r in live)
+    assert {r.info.run_name for r in live} >= {"vgg16-0-mlp-fold0", "vgg16-0-mlp-repeat1-fold0"}
+
+    stage = repo / "runs/phantom/vgg16/0"
+    oof = pd.read_csv(stage / "mlp/oof.csv")
+    assert list(oof.columns) == ["path", "group", "label", "y", "repeat", "fold", "score"]
+    assert len(oof) == 2 * 36 and oof["score"].notna().all()
+    by_repeat = {r: part.reset_index(drop=True) for r, part in oof.groupby("repeat")}
+    assert by_repeat[0]["path"].tolist() == by_repeat[1]["path"].tolist()  # one score per image per repeat
+    assert not by_repeat[0]["fold"].equals(by_repeat[1]["fold"])  # a fresh split
+    with np.load(stage / "mlp/features.npz") as features:
+        assert sorted(features.files) == sorted(
+            f"{kind}_{k}" if r == 0 else f"{kind}_repeat{r}_{k}" for kind in ("pooled", "dense") for r, k in expected)
+    metrics = json.loads((stage / "mlp_metrics.json").read_text())
+    assert [(f["repeat"], f["fold"]) for f in metrics["folds"]] == expected and len(metrics["pooled_repeats"]) == 2
+    assert metrics["mean"]["auc_mean"] == pytest.approx(np.mean([f["auc"] for f in metrics["folds"]]))
+
+    # the svm stage, per (repeat, fold) on that repeat's split
+    run(["sonotune", "svm", *CONFIG], repo)
+    svm = pd.read_csv(stage / "svm/oof.csv")
+    assert svm[["path", "repeat", "fold"]].equals(oof[["path", "repeat", "fold"]]) and svm["score"].notna().all()
+    svm_metrics = json.loads((stage / "svm_metrics.json").read_text())
+    assert [(f["repeat"], f["fold"]) for f in svm_metrics["folds"]] == expected
+    assert len(svm_metrics["chosen_c"]) == 2 * N_FOLDS
+    svm_runs = _all_runs(repo).query("`tags.classifier` == 'svm' and `tags.fold` != 'all'")
+    assert sorted(zip(svm_runs["tags.repeat"].astype(int), svm_runs["tags.fold"].astype(int))) == expected
+
+    # the report's loader: repeat 0 as before, every repeat on request
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(repo)
+        study = load_study(parse_params(tiny_params(**{"study.strategies": [0], "cv.repeats": 2})))
+    assert study.results[["n_folds", "n_repeats"]].drop_duplicates().values.tolist() == [[N_FOLDS, 2]]
+    assert len(study.predictions["phantom"]) == 36 and "repeat" not in study.predictions["phantom"]
+    assert study.by_repeat["phantom"]["repeat"].value_counts().to_dict() == {0: 36, 1: 36}
+    np.testing.assert_array_equal(study.predictions["phantom"]["vgg16/0/mlp"], by_repeat[0]["score"])
+
+    # repeats: 1 trains exactly repeat 0: the single split's outputs (no repeat column) and scores
+    single = yaml.safe_load((repo / "params.yaml").read_text())
+    single["cv"]["repeats"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(single, sort_keys=False))
+    _finetune(repo)
+    again = pd.read_csv(stage / "mlp/oof.csv")
+    assert list(again.columns) == ["path", "group", "label", "y", "fold", "score"]
+    assert again["fold"].tolist() == by_repeat[0]["fold"].tolist()
+    np.testing.assert_array_equal(again["score"].to_numpy(), by_repeat[0]["score"].to_numpy())
+    assert "repeat" not in json.loads((stage / "mlp_metrics.json").read_text())["folds"][0]

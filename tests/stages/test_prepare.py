@@ -17,7 +17,7 @@ from sonotune.errors import ConfigError, DataError
 from sonotune.data.prepared import dataset_info, load_prepared
 from sonotune.stages.prepare import prepare_dataset
 from tests.workspace import ROOT
-from tests.data.helpers import class_folders
+from tests.data.helpers import class_folders, write_image
 
 
 def params_for(datasets: dict, **prepare) -> object:
@@ -140,3 +140,59 @@ def test_near_duplicate_distance_is_validated():
     with pytest.raises(ConfigError, match=r"prepare\.near_duplicate_distance"):
         params_for({"d": {"kind": "mendeley"}}, near_duplicate_distance=70)
     assert params_for({"d": {"kind": "mendeley"}}, near_duplicate_distance=None).prepare.near_duplicate_distance is None
+
+
+def _group_of(out: Path, name: str) -> str:
+    manifest = read_manifest(out / "set" / "manifest.csv")
+    return manifest.loc[manifest["path"].str.endswith(name), "group"].item()
+
+
+@pytest.mark.parametrize("prepare_distance, entry, grouped", [
+    (None, {}, False),  # prepare's exact-only threshold
+    (None, {"near_duplicate_distance": 6}, True),  # the dataset's own threshold wins
+    (6, {}, True),
+    (6, {"near_duplicate_distance": None}, False),  # ... null included: exact duplicates only for this dataset
+])
+def test_a_dataset_entry_overrides_the_near_duplicate_distance(dataset, tmp_path, prepare_distance, entry, grouped):
+    """wide16.png is a 16-bit re-save of benign_1.png: a near duplicate, not a pixel-identical one."""
+    params = params_for({"set": {"kind": "folder", "root": str(dataset), **entry}},
+                        near_duplicate_distance=prepare_distance)
+    prepare_dataset(params, "set", root=tmp_path / "p")
+    assert (_group_of(tmp_path / "p", "wide16.png") == _group_of(tmp_path / "p", "benign_1.png")) is grouped
+
+
+def test_the_paper_protocol_keeps_label_conflicts_and_counts_images_per_fold(tmp_path):
+    import shutil
+
+    root = class_folders(tmp_path / "set", {"benign": 5, "malignant": 3})
+    for i in (1, 2):  # malignant_1, malignant_2 := copies of malignant_0: one group of three
+        shutil.copy(root / "malignant" / "malignant_0.png", root / "malignant" / f"malignant_{i}.png")
+    shutil.copy(root / "benign" / "benign_0.png", root / "malignant" / "copy.png")  # one image, two labels
+    leakage_free = params_for({"set": {"kind": "folder", "root": str(root)}})
+    with pytest.raises(DataError, match="class malignant has 3 images in 1 independent groups"):
+        prepare_dataset(leakage_free, "set", root=tmp_path / "p")  # the conflict left out; groups per fold
+
+    paper = params_for({"set": {"kind": "folder", "root": str(root)}}).model_copy(update={"protocol": "paper"})
+    report = prepare_dataset(paper, "set", root=tmp_path / "p")
+    assert report["per_class"] == {"benign": 5, "malignant": 4} and report["n_excluded"] == 0
+    conflict = [g for g in report["duplicate_groups"] if g["cross_class"]]
+    assert len(conflict) == 1 and conflict[0]["label_conflict"] and conflict[0]["conflict_kept"]
+    rows, images = load_prepared("set", 32, root=tmp_path / "p")
+    assert len(rows) == len(images) == 9 and sorted(rows["label"]) == ["benign"] * 5 + ["malignant"] * 4
+
+
+def test_mendeley_frames_are_grouped_by_clip(tmp_path):
+    root = tmp_path / "mendeley"
+    for number in range(1, 31):
+        label = "benign" if number <= 15 else "malignant"
+        write_image(root / label / f"us{number}.bmp", number)
+    write_image(root / "benign" / "extra.bmp", 99)
+    params = params_for({"set": {"kind": "mendeley", "root": str(root)}})
+    report = prepare_dataset(params, "set", root=tmp_path / "p")
+    manifest = read_manifest(tmp_path / "p" / "set" / "manifest.csv")
+    groups = dict(zip(manifest["path"].map(lambda p: Path(p).stem), manifest["group"]))
+    assert groups["us1"] == groups["us5"] == "us1-us5" and groups["us6"] == "us6-us10"
+    assert groups["us16"] == groups["us20"] == "us16-us20" and groups["extra"] == "benign/extra"
+    assert report["n_groups"] == 7
+    single = params_for({"set": {"kind": "mendeley", "root": str(root), "clip_frames": 1}})
+    assert prepare_dataset(single, "set", root=tmp_path / "q")["n_groups"] == 31

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from sonotune.cv import outer_folds, repeat_seed
 from sonotune.errors import ConfigError, DataError
+from sonotune.layout import stage_dir
 from sonotune.stages.svm import run_svm
 from sonotune.svm.search import svm_pipeline
 from tests.workspace import ROOT, tiny_params
@@ -183,6 +185,69 @@ def test_no_run_is_left_running_when_the_search_fails(workdir):
         run_svm(svm_params(), DATASET, BACKBONE, STRATEGY, estimator=bad)
     assert set(_runs(root)["status"]) == {"FAILED"}
     assert not (root / "runs/phantom/vgg16/15/svm").exists()
+
+
+# --- repeated cross-validation -----------------------------------------------------------------------------
+
+def _add_second_repeat(root) -> dict[int, np.ndarray]:
+    """Turn the synthetic finetune output into two repeats: repeat 1 is a fresh split of the same images with
+    its own feature arrays (as finetune writes them with cv.repeats: 2). Returns repeat 1's test indices."""
+    out = root / stage_dir(DATASET, BACKBONE, STRATEGY, "mlp")
+    rows = pd.read_csv(out / "oof.csv")
+    y, groups = rows["y"].to_numpy(), rows["group"].to_numpy()
+    folds, tests = np.full(len(y), -1), {}
+    for k, (_, test) in enumerate(outer_folds(y, groups, N_FOLDS, seed=repeat_seed(42, 1))):
+        folds[test], tests[k] = k, test
+    both = pd.concat([rows.assign(repeat=0), rows.assign(repeat=1, fold=folds)], ignore_index=True)
+    both[["path", "group", "label", "y", "repeat", "fold", "score"]].to_csv(out / "oof.csv", index=False)
+    rng = np.random.default_rng(5)
+    with np.load(out / "features.npz") as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    for k in range(N_FOLDS):
+        for layer in ("pooled", "dense"):
+            x = rng.normal(size=(len(y), arrays["pooled_0"].shape[1])).astype(np.float32)
+            x[:, :3] += 1.2 * y[:, None]
+            arrays[f"{layer}_repeat1_{k}"] = x
+    np.savez(out / "features.npz", **arrays)
+    return tests
+
+
+def test_two_repeats_are_searched_per_repeat_and_fold_without_leakage(workdir):
+    root, tests0 = workdir
+    tests1 = _add_second_repeat(root)
+    log = root / "fits.log"
+    run_svm(svm_params(), DATASET, BACKBONE, STRATEGY, estimator=recording_pipeline(log))
+    n = sum(len(t) for t in tests0.values())
+    with np.load(root / "runs/phantom/vgg16/15/mlp/features.npz") as stored:
+        for fold, test in tests1.items():  # repeat 1's own folds, on repeat 1's own features
+            assert fitted_rows(log, stored[f"pooled_repeat1_{fold}"]) == set(range(n)) - set(test)
+        for fold, test in tests0.items():
+            assert fitted_rows(log, stored[f"pooled_{fold}"]) == set(range(n)) - set(test)
+    expected = [(r, k) for r in range(2) for k in range(N_FOLDS)]
+    oof = pd.read_csv(root / "runs/phantom/vgg16/15/svm/oof.csv")
+    assert list(oof.columns) == ["path", "group", "label", "y", "repeat", "fold", "C", "score"]
+    assert len(oof) == 2 * n and oof["score"].notna().all()
+    metrics = json.loads((root / "runs/phantom/vgg16/15/svm_metrics.json").read_text())
+    assert [(f["repeat"], f["fold"]) for f in metrics["folds"]] == expected and len(metrics["chosen_c"]) == 6
+    for (repeat, fold), c in zip(expected, metrics["chosen_c"]):
+        assert oof.query("repeat == @repeat and fold == @fold")["C"].unique().tolist() == [c]
+    searched = pd.read_csv(root / "runs/phantom/vgg16/15/svm/c_search.csv")
+    assert list(searched.columns[:2]) == ["repeat", "fold"] and len(searched) == 4 * 6
+    runs = _runs(root).query("fold != 'all'")
+    assert sorted(zip(runs["repeat"].astype(int), runs["fold"].astype(int))) == expected
+    parent = _runs(root).query("fold == 'all'")
+    assert {"param.chosen_c.fold0", "param.chosen_c.repeat1.fold2"} <= set(parent.columns)
+
+
+def test_a_missing_repeat_array_names_it(workdir):
+    root, _ = workdir
+    _add_second_repeat(root)
+    path = root / "runs/phantom/vgg16/15/mlp/features.npz"
+    with np.load(path) as stored:
+        kept = {k: stored[k] for k in stored.files if k != "pooled_repeat1_2"}
+    np.savez(path, **kept)
+    with pytest.raises(DataError, match="no array 'pooled_repeat1_2' for svm.features=pooled, repeat 1, fold 2"):
+        run_svm(svm_params(), DATASET, BACKBONE, STRATEGY)
 
 
 # --- bad input ----------------------------------------------------------------------------------------------

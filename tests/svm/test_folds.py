@@ -42,3 +42,13 @@ def test_the_leakage_free_score_is_the_refitted_pipeline_on_the_test_fold():
     result = evaluate_fold(CFG, 0, "leakage_free", svm_pipeline(20000, 0), x, y, groups, folds, 2, "s", None)
     test = np.flatnonzero(folds == 2)
     np.testing.assert_allclose(result.scores, result.search.estimator.decision_function(x[test]))
+
+
+def test_the_inner_cv_is_grouped_unless_the_protocol_is_the_papers():
+    from sonotune.svm.search import inner_folds
+
+    x, y, groups, _ = _data()
+    for protocol in ("leakage_free", "paper"):
+        splits = inner_folds(3, 0, rules(protocol).grouped_folds).split(x, y, groups)
+        split_groups = any(set(groups[fit]) & set(groups[held]) for fit, held in splits)
+        assert split_groups == (not rules(protocol).grouped_folds)

@@ -9,13 +9,21 @@ from __future__ import annotations
 import pandas as pd
 
 from sonotune.data.manifest import display_names, included, manifest_digest
-from sonotune.data.records import is_problem, reason_kind
+from sonotune.data.records import LABEL_CONFLICT, is_problem, reason_kind
 
 
 def _spread(values: pd.Series) -> dict:
     if values.empty:
         return {"min": 0, "median": 0, "max": 0}
     return {"min": int(values.min()), "median": float(values.median()), "max": int(values.max())}
+
+
+def _label_conflict(rows: pd.DataFrame) -> bool:
+    """Two labels among the cluster's images that are in the study or left out for that very conflict (not
+    among images left out for another reason, e.g. BUSI's normal class)."""
+    kinds = rows["excluded_reason"].map(reason_kind)
+    candidates = rows[(rows["excluded_reason"] == "") | kinds.eq(LABEL_CONFLICT)]
+    return candidates["label"].nunique() > 1
 
 
 def duplicate_groups(manifest: pd.DataFrame, names: list[str]) -> list[dict]:
@@ -29,7 +37,8 @@ def duplicate_groups(manifest: pd.DataFrame, names: list[str]) -> list[dict]:
             "labels": sorted(set(rows["label"]) - {""}),
             "cross_class": len(set(rows["label"]) - {""}) > 1,
             "in_study": int(len(kept)),
-            "label_conflict": bool(rows["excluded_reason"].map(reason_kind).eq("label conflict").any()),
+            "label_conflict": _label_conflict(rows),
+            "conflict_kept": _label_conflict(rows) and len(set(kept["label"])) > 1,
         })
     return groups
 
@@ -76,6 +85,6 @@ def format_report(report: dict, title: str) -> str:
     lines.append(f"duplicate groups: {report['n_duplicate_groups']} ({report['n_duplicate_images']} images)")
     for group in report["duplicate_groups"]:
         flags = [group["kind"]] + (["cross-class"] if group["cross_class"] else []) + (
-            ["label conflict, left out"] if group["label_conflict"] else [])
+            [f"label conflict, {'kept' if group['conflict_kept'] else 'left out'}"] if group["label_conflict"] else [])
         lines.append(f"  {' = '.join(group['members'])}  [{', '.join(flags)}]")
     return "\n".join(lines)

@@ -1,5 +1,8 @@
 """Manifest: one row per file a source found, with its label, fold group, hashes, size, mode and exclusion reason.
 
+`source_group` is the group the source gave (a DDTI case, a Mendeley clip, a patient id, else the image);
+`group` is the fold group: source groups merged with their duplicates (`duplicates.merged_groups`).
+
 `build_manifest` decodes every image once (in threads: PIL releases the GIL while decoding) to hash its pixels
 (sha256 of the RGB array, so one picture saved twice matches), take its perceptual hash and reject what cannot
 be an image (undecodable, truncated, a black-and-white mask). It then finds duplicates, excludes label
@@ -14,13 +17,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import imagehash
 import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from sonotune.data.duplicates import duplicate_clusters, merged_groups
+from sonotune.data.duplicates import duplicate_clusters, merged_groups, perceptual_hash
 from sonotune.data.images import to_rgb_uint8
 from sonotune.data.records import (
     CORRUPT,
@@ -37,24 +39,16 @@ from sonotune.errors import DataError
 from sonotune.vocabulary import CLASS_NAMES
 
 COLUMNS = ["path", "label", "group", "sha256", "phash", "width", "height", "mode", "source", "excluded_reason",
-           "duplicate_group"]
+           "duplicate_group", "source_group"]
 LABELS = {name: index for index, name in enumerate(CLASS_NAMES)}  # benign 0, malignant 1
 UNSCANNED = (MISSING_FILE, NOT_IMAGE)  # exclusions whose file is not worth opening
 
-
-HASH_SIDE = 128  # images are box-reduced to about this side before the perceptual hash
 
 
 def looks_like_mask(grey: Image.Image) -> bool:
     """Only pure black and pure white pixels: a segmentation mask, not an ultrasound image."""
     pixels = np.asarray(grey)
     return bool(((pixels == 0) | (pixels == 255)).all())
-
-
-def perceptual_hash(grey: Image.Image) -> str:
-    """64-bit pHash as 16 hex digits. A box reduction first makes it ~10× faster than imagehash's Lanczos
-    resize of the full image (the hashes differ by at most 2 bits on the BUSI sample)."""
-    return str(imagehash.phash(grey.reduce(max(1, min(grey.size) // HASH_SIDE))))
 
 
 def describe_image(path: Path) -> dict:
@@ -105,7 +99,8 @@ def _rows(records: list[Record], source: str) -> pd.DataFrame:
         rows.append({"path": record.path.as_posix(), "label": record.label, "group": record.group,
                      "sha256": fact.get("sha256", ""), "phash": fact.get("phash", ""),
                      "width": fact.get("width", 0), "height": fact.get("height", 0), "mode": fact.get("mode", ""),
-                     "source": source, "excluded_reason": excluded, "duplicate_group": ""})
+                     "source": source, "excluded_reason": excluded, "duplicate_group": "",
+                     "source_group": record.group})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -148,15 +143,16 @@ def first_problem(manifest: pd.DataFrame) -> str | None:
     return f"{row['path']}: {row['excluded_reason']}{more}"
 
 
-def check_study_ready(manifest: pd.DataFrame, n_splits: int, where: str) -> None:
-    """Both classes present, and each with at least one independent group per fold."""
+def check_study_ready(manifest: pd.DataFrame, n_splits: int, where: str, grouped: bool = True) -> None:
+    """Both classes present, and each with at least one independent group (an image, for ungrouped folds) per
+    fold."""
     kept = included(manifest)
     labels = set(kept["label"])
     if labels != set(LABELS):
         raise DataError(f"{where}: only the class(es) {sorted(labels)} remain after exclusions; "
                         f"benign and malignant are both needed")
     for label, rows in kept.groupby("label"):
-        n_groups = rows["group"].nunique()
+        n_groups = rows["group"].nunique() if grouped else len(rows)
         if n_groups < n_splits:
             raise DataError(f"{where}: class {label} has {len(rows)} images in {n_groups} independent groups, "
                             f"fewer than the {n_splits} folds (cv.n_splits)")

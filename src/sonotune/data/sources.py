@@ -1,14 +1,16 @@
 """Dataset registry: every source kind turns its configuration into a list of image records.
 
 A record is (path, label, group, excluded_reason); `manifest.build_manifest` adds hashes, sizes, duplicates and
-the remaining exclusions. Kinds: `busi`, `mendeley`, `ddti`, `folder` (any `<root>/<class>/*` set, e.g. the
-salivary-glands set), `csv` (a `path,label[,group]` file) and `phantom` (renders its images with
-`phantom.write_phantom` first, so every kind ends up as files on disk). `detect_kind` guesses the kind of a
+the remaining exclusions. Kinds: `busi`, `ddti`, `mendeley` (class folders of `us<N>.bmp`; the frames of one
+clip share a group), `folder` (any `<root>/<class>/*` set, e.g. the salivary-glands set), `csv` (a
+`path,label[,group]` file) and `phantom` (renders its images with `phantom.write_phantom` first, so every kind
+ends up as files on disk). `detect_kind` guesses the kind of a
 path for `sonotune inspect`.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -21,12 +23,31 @@ from sonotune.data.phantom import write_phantom
 from sonotune.data.records import Record, class_folder_records, require_dir
 from sonotune.errors import DataError
 
+MENDELEY_FRAME = re.compile(r"^us(\d+)$", re.IGNORECASE)  # Rodrigues' frames: us1.bmp … us250.bmp
+
 
 def _folder_records(source: FolderSource | MendeleySource, work_dir: Path, seed: int) -> list[Record]:
     root = require_dir(Path(source.root), "<root>/<class>/<images>")
     records = []
     for class_name, label in sorted(source.classes.items()):
         records += class_folder_records(root / class_name, label, f"{class_name}/")
+    return records
+
+
+def clip_group(number: int, frames: int) -> str:
+    """The clip of frame `us<number>`: 'us1-us5' for us1…us5 when clips are 5 frames long."""
+    first = (number - 1) // frames * frames + 1
+    return f"us{first}-us{first + frames - 1}" if frames > 1 else f"us{number}"
+
+
+def _mendeley_records(source: MendeleySource, work_dir: Path, seed: int) -> list[Record]:
+    """Class folders of `us<N>.bmp`: frames of one clip (N = 1–5, 6–10, …) share a group; other names keep
+    their own. Clips stored twice under two numbers are merged later, as near duplicates."""
+    records = []
+    for record in _folder_records(source, work_dir, seed):
+        match = MENDELEY_FRAME.match(record.path.stem)
+        group = clip_group(int(match.group(1)), source.clip_frames) if match else record.group
+        records.append(Record(record.path, record.label, group, record.excluded_reason))
     return records
 
 
@@ -41,7 +62,7 @@ SOURCES: dict[str, Callable[..., list[Record]]] = {
     "csv": csv_records,
     "ddti": ddti_records,
     "folder": _folder_records,
-    "mendeley": _folder_records,
+    "mendeley": _mendeley_records,
     "phantom": _phantom_records,
 }
 

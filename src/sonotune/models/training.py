@@ -1,5 +1,8 @@
-"""Training one fold of the study's classifier: build the backbone, freeze per strategy, fit with best-epoch
+"""Training the study's classifier on folds: build the backbone, freeze per strategy, fit with best-epoch
 selection, then one prediction pass for the test scores and the SVM's features.
+
+`iter_train_folds` / `train_folds` train a batch of folds of one configuration (every fold × repeat of a
+cross-validation); their docstring is the batch contract a vectorised trainer must keep. `train_fold` trains one.
 
 Library code: arrays, a `cv.Fold`, the `finetune` section of the params and a seed in; a trained Keras model out.
 It knows nothing of stages, files or MLflow. The frozen-prefix cache (`PrefixCache`) is an object the caller
@@ -9,6 +12,8 @@ the compiled suffix; without one, the model is fitted whole (the paper's way).
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -16,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sonotune.config import Finetune
-from sonotune.cv import Fold
+from sonotune.cv import Fold, repeat_seed
 from sonotune.models.backbones import create_backbone
 from sonotune.models.head import HeadConfig, build_classifier, feature_model
 from sonotune.models.prefix_cache import (
@@ -79,15 +84,55 @@ def build_fold_model(cfg: Finetune, backbone: str, strategy: int):
     return build_classifier(base, HeadConfig(cfg.dense_units, cfg.dropout, cfg.learning_rate))
 
 
+def fold_seed(seed: int, fold: Fold) -> int:
+    """The training seed of `fold`: `seed + 1000·repeat + fold index` (cv.repeat_seed), unique per (repeat, fold)
+    and independent of which other folds are trained; repeat 0's fold k keeps `seed + k`."""
+    return repeat_seed(seed, fold.repeat) + fold.index
+
+
+def iter_train_folds(cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.ndarray, y: np.ndarray,
+                     folds: Sequence[Fold], cache: PrefixCache | None = None) -> Iterator[TrainedFold]:
+    """Train a batch of folds of one configuration, yielding each `TrainedFold` as it is ready.
+
+    The batch contract (what any implementation, e.g. one that trains every fold at once under `jax.vmap`,
+    must keep; the stages rely on nothing else):
+    - `folds`: any folds of one configuration (same `cfg`, backbone, strategy, `x`, `y`), any mix of repeats
+      and indices, e.g. only the folds a resumed run still misses.
+    - One `TrainedFold` per fold, yielded in the order of `folds`.
+    - Fold f's result depends only on (cfg, seed, backbone, strategy, x, y, f): it is seeded with
+      `fold_seed(seed, f)` = seed + 1000·f.repeat + f.index, so it does not depend on which other folds are in
+      the batch or ran earlier in the process (up to the backend's float nondeterminism).
+    - The consumer persists each yielded fold before asking for the next. This sequential implementation trains
+      fold i+1 only when asked, so a kill loses at most the fold in progress; a batched one may yield only
+      after the whole batch is trained, and then a kill loses at most the batch in progress.
+    - Between folds the Keras session is cleared (and garbage collected): a yielded model stays usable, but
+      its memory is freed only once the consumer drops it.
+    """
+    import keras
+
+    for fold in folds:
+        yield train_fold(cfg, seed, backbone, strategy, x, y, fold, cache)
+        keras.backend.clear_session()
+        gc.collect()
+
+
+def train_folds(cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.ndarray, y: np.ndarray,
+                folds: Sequence[Fold], cache: PrefixCache | None = None) -> list[TrainedFold]:
+    """Every fold of `folds` trained, in order: `iter_train_folds` (its docstring is the batch contract)
+    collected into a list (all models held at once)."""
+    return list(iter_train_folds(cfg, seed, backbone, strategy, x, y, folds, cache))
+
+
 def train_fold(cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.ndarray, y: np.ndarray, fold: Fold,
                cache: PrefixCache | None = None) -> TrainedFold:
-    """Train on `fold.fit`, keep the epoch with the best `cfg.monitor` on `fold.val`; seeded with seed + fold.
+    """Train on `fold.fit`, keep the epoch with the best `cfg.monitor` on `fold.val`; seeded with
+    `fold_seed(seed, fold)`.
 
     With `cache`, the frozen layers run once per image set (same math: the weights match the full model's fit
     up to float rounding; falls back to the full fit, logged, when nothing is frozen)."""
     import keras
 
-    keras.utils.set_random_seed(seed + fold.index)
+    keras.utils.set_random_seed(fold_seed(seed, fold))
     model = build_fold_model(cfg, backbone, strategy)
     onehot = keras.utils.to_categorical(y, 2)
     mode = "min" if cfg.monitor == "val_loss" else "max"
@@ -95,7 +140,8 @@ def train_fold(cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.nda
     best = keras.callbacks.EarlyStopping(
         monitor=cfg.monitor, mode=mode, patience=cfg.epochs, restore_best_weights=True
     )
-    callbacks = [best, epoch_bar(cfg.epochs, f"{backbone}-{strategy} fold {fold.index}", cfg.monitor)]
+    name = f"{backbone}-{strategy} fold {fold.index}" + (f" repeat {fold.repeat}" if fold.repeat else "")
+    callbacks = [best, epoch_bar(cfg.epochs, name, cfg.monitor)]
     fit = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
     if cache is not None:
         history = fit_with_prefix_cache(model, x, onehot, fold.fit, fold.val, store=cache.store,

@@ -8,14 +8,23 @@ image for the SVM stage. Writes `runs/D/B/S/mlp/` (oof.csv, features.npz), `mlp_
 nested run per fold (metrics, per-epoch curves as steps, ROC and confusion PNGs, the model per
 `finetune.log_models`).
 
-Resumable: each finished fold is persisted in a `FoldStore` (outside DVC's outputs); a rerun after a crash
-resumes the same MLflow parent run and trains only the missing folds. Every fold is seeded with
-`seed + fold`, so a fold's result does not depend on whether earlier folds ran in the same process.
+Repeated cross-validation (`cv.repeats: R`): R splits of the images (repeat r seeded with seed + 1000·r,
+`cv.repeat_seed`), every fold of every repeat trained; fold runs are tagged `repeat` and `fold`. With R > 1,
+oof.csv has one row per (repeat, image) and a `repeat` column, features.npz one array per (repeat, fold)
+(`outputs.feature_key`), and the metrics JSON's `folds` entries carry `repeat` and `fold`; its `mean` is over
+all R × k folds and its `pooled` the mean over repeats of each repeat's pooled out-of-fold metrics (with
+`pooled_repeats`, one per repeat). With R = 1 every output is the single split's, as before repeats existed.
+
+Training goes through `models.training.iter_train_folds` (the batch interface: all missing folds × repeats of
+the configuration), which yields each trained fold; the stage persists it before asking for the next.
+Resumable: each finished fold is persisted in a `FoldStore` (outside DVC's outputs), keyed by (repeat, fold); a
+rerun after a crash resumes the same MLflow parent run and trains only the missing folds. Every fold is seeded
+with `seed + 1000·repeat + fold` (`training.fold_seed`), so a fold's result does not depend on whether other
+folds ran in the same process.
 """
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass
 
@@ -31,8 +40,8 @@ from sonotune.data.prepared import dataset_info_if_prepared
 from sonotune.gradcam import gradcam_maps, layer_for, resize_map, save_overlay
 from sonotune.metrics import METRIC_NAMES, binary_metrics, summarize
 from sonotune.models.head import inference_copy
-from sonotune.models.training import PrefixCache, better, predict_outputs, train_fold
-from sonotune.outputs import write_plot_data, write_stage_outputs
+from sonotune.models.training import PrefixCache, TrainedFold, better, iter_train_folds, predict_outputs
+from sonotune.outputs import REPEAT, feature_key, write_plot_data, write_stage_outputs
 from sonotune.plots import save_confusion_png, save_roc_png
 from sonotune.resume import FoldStore, fingerprint, resume_dir
 from sonotune.stages.inputs import TrainingInputs, load_training_inputs
@@ -55,6 +64,11 @@ class FinishedFold:
     score: np.ndarray  # test-fold probabilities of malignant
     pooled: np.ndarray  # features of every image
     dense: np.ndarray
+    repeat: int = 0  # of repeated cross-validation
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.repeat, self.fold)
 
     def record(self) -> dict:
         return {"run_id": self.run_id, "metrics": self.metrics, "best_epoch": self.best_epoch,
@@ -64,9 +78,9 @@ class FinishedFold:
         return {"score": self.score, "pooled": self.pooled, "dense": self.dense}
 
     @classmethod
-    def load(cls, store: FoldStore, fold: int, record: dict) -> "FinishedFold":
+    def load(cls, store: FoldStore, key: tuple[int, int], record: dict) -> "FinishedFold":
         fields = {k: record[k] for k in ("run_id", "metrics", "best_epoch", "monitored", "seconds")}
-        return cls(fold=fold, **fields, **store.load_arrays(fold))
+        return cls(fold=key[1], repeat=key[0], **fields, **store.load_arrays(key))
 
 
 def _log_fold_curves_and_figures(fold: Fold, history: dict, result: FinishedFold, y_test: np.ndarray) -> None:
@@ -98,16 +112,16 @@ def log_study_overlays(classifier, backbone: str, x: np.ndarray, images: np.ndar
                          resize_map(cam, *image.shape[:2]), alpha)
 
 
-def run_fold(params: Params, backbone: str, strategy: int, data: TrainingInputs, fold: Fold, parent,
-             store: FoldStore, best_so_far: FinishedFold | None, cache: PrefixCache | None) -> FinishedFold:
-    """Train, predict, log and persist one fold; the record is written only after its MLflow run is closed."""
+def finish_fold(params: Params, backbone: str, strategy: int, data: TrainingInputs, fold: Fold,
+                trained: TrainedFold, started: float, parent, store: FoldStore, best_so_far: FinishedFold | None,
+                cache: PrefixCache | None) -> FinishedFold:
+    """Predict, log and persist one trained fold (`started`: when its training began); the record is written
+    only after its MLflow run is closed."""
     import mlflow
 
     x, y = data.x, data.y
-    started = time.perf_counter()
-    with tracking.fold_run(parent, fold.index) as child:
-        model, history, best_epoch, monitored = train_fold(params.finetune, params.seed, backbone, strategy, x, y,
-                                                           fold, cache)
+    model, history, best_epoch, monitored = trained
+    with tracking.fold_run(parent, fold.index, fold.repeat) as child:
         # one pass over every image: test-fold probabilities and the SVM's features together
         activations = predict_outputs(model, x, cache)
         score = activations["probabilities"][fold.test, 1].astype(np.float64)
@@ -116,6 +130,7 @@ def run_fold(params: Params, backbone: str, strategy: int, data: TrainingInputs,
             metrics=binary_metrics(y[fold.test], score, THRESHOLD), best_epoch=best_epoch, monitored=monitored,
             seconds=0.0, score=score,
             pooled=activations["pooled"].astype(np.float32), dense=activations["dense"].astype(np.float32),
+            repeat=fold.repeat,
         )
         _log_fold_curves_and_figures(fold, history, result, y[fold.test])
         if params.gradcam.study_images:  # Grad-CAM of the first test images (gradcam.py)
@@ -127,10 +142,9 @@ def run_fold(params: Params, backbone: str, strategy: int, data: TrainingInputs,
         mlflow.log_metric("fold_seconds", result.seconds)
     if params.finetune.log_models == "best":
         if best_so_far is None or better(params.finetune.monitor, monitored, best_so_far.monitored):
-            inference_copy(model).save(store.model_path(fold.index))
-    store.save_fold(fold.index, result.record(), result.arrays())
-    store.keep_only_model(_best_fold(params.finetune.monitor, [r for r in (best_so_far, result) if r]).fold)
-    del model
+            inference_copy(model).save(store.model_path(fold.key))
+    store.save_fold(fold.key, result.record(), result.arrays())
+    store.keep_only_model(_best_fold(params.finetune.monitor, [r for r in (best_so_far, result) if r]).key)
     return result
 
 
@@ -146,15 +160,18 @@ def _log_best_model(store: FoldStore, best: FinishedFold, example: np.ndarray) -
     import keras
     import mlflow
 
-    model = keras.saving.load_model(store.model_path(best.fold))
+    model = keras.saving.load_model(store.model_path(best.key))
     with tracking.resumed_run(best.run_id):
         tracking.log_keras_model(model, example)
     mlflow.set_tag("best_fold", str(best.fold))
+    if best.repeat:
+        mlflow.set_tag("best_repeat", str(best.repeat))
 
 
 def fold_line(result: FinishedFold, epochs: int) -> str:
     m = result.metrics
-    return (f"  fold {result.fold}: auc={m['auc']:.3f} acc={m['accuracy']:.3f} sens={m['recall']:.3f} "
+    where = f"repeat {result.repeat} fold {result.fold}" if result.repeat else f"fold {result.fold}"
+    return (f"  {where}: auc={m['auc']:.3f} acc={m['accuracy']:.3f} sens={m['recall']:.3f} "
             f"spec={m['specificity']:.3f} best_epoch={result.best_epoch + 1}/{epochs} {result.seconds:.1f}s")
 
 
@@ -163,8 +180,10 @@ def summary_table(title: str, results: list[FinishedFold], summary: dict, pooled
     shown = ("auc", "accuracy", "recall", "specificity", "precision", "f1", "mcc")
     header = f"{'fold':>11} " + " ".join(f"{name[:11]:>11}" for name in shown) + f" {'best ep':>7} {'time s':>7}"
     rows = [title, header]
+    repeated = any(r.repeat for r in results)
     for r in results:
-        rows.append(f"{r.fold:>11} " + " ".join(f"{r.metrics[n]:>11.3f}" for n in shown)
+        label = f"{r.repeat}:{r.fold}" if repeated else str(r.fold)  # repeat:fold under repeated CV
+        rows.append(f"{label:>11} " + " ".join(f"{r.metrics[n]:>11.3f}" for n in shown)
                     + f" {r.best_epoch + 1:>7} {r.seconds:>7.1f}")
     rows.append(f"{'mean ± sd':>11} " + " ".join(
         f"{summary[n + '_mean']:>5.3f}±{summary[n + '_sd']:<5.3f}" for n in shown))
@@ -198,12 +217,12 @@ def _open_parent(params: Params, dataset: str, backbone: str, strategy: int, run
 
 def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> dict:
     """Train every missing fold, write the stage outputs, log to MLflow; return the summary metrics."""
-    import keras
     import mlflow
 
     data = load_training_inputs(params.finetune, dataset, backbone)  # a config error stops here: no run, no store
     manifest, size = data.manifest, data.input_size
-    folds = fold_plan(data.y, data.groups, params.protocol, params.cv.n_splits, params.cv.val_fraction, params.seed)
+    folds = fold_plan(data.y, data.groups, params.protocol, params.cv.n_splits, params.cv.val_fraction, params.seed,
+                      params.cv.repeats)
     monitor = params.finetune.monitor
     cache = PrefixCache() if params.finetune.prefix_cache else None
 
@@ -220,35 +239,37 @@ def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> 
         results = {k: FinishedFold.load(store, k, record) for k, record in store.done().items()}
         tracking.discard_unfinished_folds(parent, keep={r.run_id for r in results.values()})
         if results:
-            tqdm.write(f"{title}: resuming, folds {sorted(results)} already done")
+            tqdm.write(f"{title}: resuming, {_done_text(results)} already done")
         bar = tqdm(total=len(folds), initial=len(results), desc=title, unit="fold")
-        for fold in folds:
-            if fold.index in results:
-                continue
+        pending = [fold for fold in folds if fold.key not in results]
+        trained_folds = iter_train_folds(params.finetune, params.seed, backbone, strategy, data.x, data.y, pending,
+                                         cache)
+        started = time.perf_counter()
+        # the generator first: zip then asks it once more after the last fold, which lets it clear the session
+        for trained, fold in zip(trained_folds, pending, strict=True):
             best = _best_fold(monitor, list(results.values())) if results else None
-            results[fold.index] = run_fold(params, backbone, strategy, data, fold, parent, store, best, cache)
-            tqdm.write(fold_line(results[fold.index], params.finetune.epochs))
+            results[fold.key] = finish_fold(params, backbone, strategy, data, fold, trained, started, parent, store,
+                                            best, cache)
+            del trained  # free the model before the next fold is trained
+            tqdm.write(fold_line(results[fold.key], params.finetune.epochs))
             bar.update()
-            keras.backend.clear_session()
-            gc.collect()
+            started = time.perf_counter()
         bar.close()
 
-        ordered = [results[fold.index] for fold in folds]
-        oof = manifest[["path", "group", "label"]].assign(y=data.y, fold=-1, score=np.nan)
-        for fold, result in zip(folds, ordered):
-            oof.loc[fold.test, "fold"] = fold.index
-            oof.loc[fold.test, "score"] = result.score
-        features = {f"{kind}_{r.fold}": getattr(r, kind) for r in ordered for kind in ("pooled", "dense")}
-        per_fold = [r.metrics | {"best_epoch": r.best_epoch, "seconds": r.seconds} for r in ordered]
+        ordered = [results[fold.key] for fold in folds]
+        oof = out_of_fold(manifest, data.y, folds, ordered, params.cv.repeats)
+        features = {feature_key(kind, r.repeat, r.fold): getattr(r, kind) for r in ordered for kind in ("pooled", "dense")}
+        per_fold = [r.metrics | {"best_epoch": r.best_epoch, "seconds": r.seconds}
+                    | ({"repeat": r.repeat, "fold": r.fold} if params.cv.repeats > 1 else {}) for r in ordered]
         summary = summarize(per_fold)
-        pooled = binary_metrics(oof["y"].to_numpy(), oof["score"].to_numpy(), THRESHOLD)
+        pooled, pooled_extra = pooled_metrics(oof)
         mlflow.log_metrics(summary | {f"pooled_{n}": pooled[n] for n in METRIC_NAMES}
                            | {"fold_seconds_mean": float(np.mean([r.seconds for r in ordered]))})
         if params.finetune.log_models == "best":
             best = _best_fold(monitor, ordered)
             _log_best_model(store, best, data.x[:2])
         write_stage_outputs(dataset, backbone, strategy, CLASSIFIER, oof, per_fold, summary, features,
-                            extra={"pooled": pooled})
+                            extra={"pooled": pooled} | pooled_extra)
         write_plot_data(dataset, backbone, strategy, CLASSIFIER, oof, THRESHOLD)
         table = summary_table(title, ordered, summary, pooled)
         _log_configuration_figures(oof, table)
@@ -257,8 +278,45 @@ def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> 
     return summary
 
 
+def _done_text(results: dict) -> str:
+    """The finished folds, as the resume line shows them: fold indices, or (repeat, fold) pairs under repeats."""
+    if all(repeat == 0 for repeat, _ in results):
+        return f"folds {sorted(fold for _, fold in results)}"
+    return f"(repeat, fold) {sorted(results)}"
+
+
+def out_of_fold(manifest: pd.DataFrame, y: np.ndarray, folds: list[Fold], results: list[FinishedFold],
+                repeats: int) -> pd.DataFrame:
+    """One row per image and repeat: its test fold and the score of that fold's model (`repeat` column when
+    repeats > 1, repeat by repeat)."""
+    frames = []
+    for repeat in range(repeats):
+        oof = manifest[["path", "group", "label"]].assign(y=y, fold=-1, score=np.nan)
+        for fold, result in zip(folds, results):
+            if fold.repeat == repeat:
+                oof.loc[fold.test, "fold"] = fold.index
+                oof.loc[fold.test, "score"] = result.score
+        frames.append(oof if repeats == 1 else oof.assign(**{REPEAT: repeat})[
+            ["path", "group", "label", "y", REPEAT, "fold", "score"]])
+    return pd.concat(frames, ignore_index=True) if repeats > 1 else frames[0]
+
+
+def pooled_metrics(oof: pd.DataFrame) -> tuple[dict, dict]:
+    """Pooled out-of-fold metrics: of the single split, or the mean over repeats of each repeat's pooled metrics
+    (then also `pooled_repeats`, one per repeat, in the second dict)."""
+    if REPEAT not in oof.columns:
+        return binary_metrics(oof["y"].to_numpy(), oof["score"].to_numpy(), THRESHOLD), {}
+    per_repeat = [binary_metrics(part["y"].to_numpy(), part["score"].to_numpy(), THRESHOLD)
+                  for _, part in oof.groupby(REPEAT, sort=True)]
+    mean = {name: float(np.mean([p[name] for p in per_repeat])) for name in per_repeat[0]}
+    return mean, {"pooled_repeats": per_repeat}
+
+
 def _log_configuration_figures(oof: pd.DataFrame, table: str) -> None:
-    """Parent-run artifacts: ROC of every fold and pooled, pooled confusion matrix, the summary table."""
+    """Parent-run artifacts: ROC of every fold and pooled, pooled confusion matrix, the summary table (the
+    figures of repeat 0 under repeated cross-validation)."""
+    if REPEAT in oof.columns:
+        oof = oof[oof[REPEAT] == 0]
     with tracking.artifact_dir() as tmp:
         curves = {f"fold {k}": (part["y"], part["score"]) for k, part in oof.groupby("fold")}
         curves["pooled"] = (oof["y"], oof["score"])

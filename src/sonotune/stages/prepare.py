@@ -6,6 +6,11 @@ arrays, generated source images for the phantom) and the data report `prepared/N
 counts per class, exclusions with reasons, duplicate groups, sizes). The folder is built beside its target
 and moved into place at the end, so a failure leaves the previous output intact.
 
+The near-duplicate threshold is the dataset's own (`datasets.NAME.near_duplicate_distance`) or
+`prepare.near_duplicate_distance`. The protocol's rules (`cv.RULES`) decide what enters the study: under
+`protocol: paper` an image found under two labels stays in it under each label (the paper's conditions), and
+the readiness check counts images, not groups, per fold.
+
 The image arrays are the decoded image cache: each image is decoded, made RGB and resized once per input
 size, and the arrays are keyed by (dataset, size, resize policy, manifest digest) in cache.json, so
 `data.prepared.load_prepared` refuses arrays that do not belong to the manifest beside them and no epoch
@@ -24,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sonotune.config import Params
+from sonotune.config import Params, near_duplicate_distance
+from sonotune.cv import rules
 from sonotune.data.images import build_image_array
 from sonotune.data.data_report import data_report
 from sonotune.data.manifest import build_manifest, check_study_ready, first_problem, included
@@ -99,9 +105,11 @@ def prepare_dataset(params: Params, dataset: str, root: Path = PREPARED_ROOT, st
     require_writable(root, "the prepared dataset")
     target = root / dataset
     with staged_dir(target) as staging:
-        manifest = scan_dataset(source, staging, params.seed, params.prepare.near_duplicate_distance,
-                                params.prepare.label_conflicts, params.prepare.strict if strict is None else strict)
-        check_study_ready(manifest, params.cv.n_splits, f"datasets.{dataset}")
+        protocol = rules(params.protocol)
+        label_conflicts = "keep" if protocol.keep_label_conflicts else params.prepare.label_conflicts
+        manifest = scan_dataset(source, staging, params.seed, near_duplicate_distance(source, params.prepare),
+                                label_conflicts, params.prepare.strict if strict is None else strict)
+        check_study_ready(manifest, params.cv.n_splits, f"datasets.{dataset}", protocol.grouped_folds)
         paths = [Path(p) for p in included(manifest)["path"]]
         # generated sources (the phantom) live in the staging folder: record where they will end up
         manifest["path"] = [_final_path(Path(p), staging, target) for p in manifest["path"]]

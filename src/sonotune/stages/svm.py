@@ -23,6 +23,13 @@ image from fold k's model (its CNN was trained on ~80 % of them), and the fold's
 (so the fold's `auc` is the search's own best inner-CV AUC, selection bias included). `oof.csv` then holds
 each image's cross-validated score from the model of the outer fold where it is the test image.
 
+Repeated cross-validation: when finetune ran `cv.repeats` R > 1 (its oof.csv has a `repeat` column), every
+(repeat, fold) is one outer fold as above, on that repeat's split and features (`outputs.feature_key`), its
+inner CV and Optuna sampler seeded with `cv.repeat_seed(seed, repeat)`, its Optuna study named
+`…-repeat<r>-fold<k>` for r > 0; oof.csv keeps the `repeat` column (one row per image and repeat), the metrics
+JSON's `folds` entries carry `repeat` and `fold`, `chosen_c` lists the C of every (repeat, fold) in order, and
+fold runs are tagged `repeat`. With R = 1 everything is as for a single split.
+
 Writes `runs/D/B/S/svm/` (oof.csv with the fold's C, c_search.csv with every C tried per fold, optuna.db
 with the default storage), `svm_metrics.json` (DVC metrics: per-fold, mean ± sd, chosen C per fold) and
 `svm_roc.csv` (DVC plots). MLflow: a parent run (tags classifier=svm, …) with one nested run per fold
@@ -41,11 +48,11 @@ from tqdm.auto import tqdm
 
 from sonotune import tracking
 from sonotune.config import Params, flatten
-from sonotune.cv import rules
+from sonotune.cv import repeat_seed, rules
 from sonotune.errors import DataError
 from sonotune.layout import stage_dir
 from sonotune.metrics import summarize
-from sonotune.outputs import write_stage_outputs
+from sonotune.outputs import REPEAT, feature_key, with_repeat, write_stage_outputs
 from sonotune.plots import save_confusion_png, save_roc_png
 from sonotune.svm.folds import SvmFoldResult, evaluate_fold
 from sonotune.svm.search import svm_pipeline
@@ -57,14 +64,23 @@ STUDY_FILE = "optuna.db"
 
 @dataclass(frozen=True)
 class FineTuned:
-    """What the finetune stage left for one configuration: one row per image, one feature matrix per fold."""
+    """What the finetune stage left for one configuration: one row per image (and repeat), one feature matrix
+    per (repeat, fold)."""
 
-    rows: pd.DataFrame  # path, group, label, y, fold (the outer fold where the image is the test image)
-    features: dict[int, np.ndarray]  # fold -> features of every image from that fold's model
+    rows: pd.DataFrame  # path, group, label, y, [repeat,] fold (the outer fold where the image is the test image)
+    features: dict[tuple[int, int], np.ndarray]  # (repeat, fold) -> features of that repeat's images, fold's model
 
     @property
     def folds(self) -> np.ndarray:
         return self.rows["fold"].to_numpy()
+
+    @property
+    def repeated(self) -> bool:
+        return REPEAT in self.rows.columns
+
+    def repeat_rows(self, repeat: int) -> np.ndarray:
+        """Positions in `rows` of repeat `repeat`'s images (every row of a single split)."""
+        return np.flatnonzero(with_repeat(self.rows)[REPEAT].to_numpy() == repeat)
 
 
 def load_finetuned(dataset: str, backbone: str, strategy: int, layer: str) -> FineTuned:
@@ -73,22 +89,28 @@ def load_finetuned(dataset: str, backbone: str, strategy: int, layer: str) -> Fi
     if not (source / "oof.csv").is_file() or not (source / "features.npz").is_file():
         raise DataError(f"{source}: no oof.csv/features.npz — run the finetune stage first "
                         f"(sonotune finetune --dataset {dataset} --backbone {backbone} --strategy {strategy})")
-    rows = pd.read_csv(source / "oof.csv", dtype={"group": str})[["path", "group", "label", "y", "fold"]]
+    rows = pd.read_csv(source / "oof.csv", dtype={"group": str})
+    rows = rows[[c for c in ("path", "group", "label", "y", REPEAT, "fold") if c in rows.columns]]
+    keys = with_repeat(rows)[[REPEAT, "fold"]].drop_duplicates().sort_values([REPEAT, "fold"])
     features = {}
     with np.load(source / "features.npz") as stored:
-        for fold in sorted(rows["fold"].unique()):
-            key = f"{layer}_{fold}"
+        for repeat, fold in keys.itertuples(index=False):
+            key = feature_key(layer, repeat, fold)
+            where = f"repeat {repeat}, fold {fold}" if repeat else f"fold {fold}"
             if key not in stored:
                 raise DataError(f"{source / 'features.npz'}: no array '{key}' for svm.features={layer}, "
-                                f"fold {fold} (has: {', '.join(sorted(stored.files))})")
-            if len(stored[key]) != len(rows):
-                raise DataError(f"{source / 'features.npz'}: '{key}' has {len(stored[key])} rows, oof.csv {len(rows)}")
-            features[int(fold)] = stored[key]
+                                f"{where} (has: {', '.join(sorted(stored.files))})")
+            n_rows = int((with_repeat(rows)[REPEAT] == repeat).sum())
+            if len(stored[key]) != n_rows:
+                raise DataError(f"{source / 'features.npz'}: '{key}' has {len(stored[key])} rows, "
+                                f"oof.csv {n_rows}" + (f" in repeat {repeat}" if repeat else ""))
+            features[(int(repeat), int(fold))] = stored[key]
     return FineTuned(rows, features)
 
 
-def study_name(params: Params, dataset: str, backbone: str, strategy: int, fold: int) -> str:
-    return f"{dataset}-{backbone}-{strategy}-svm-{params.protocol}-{params.svm.features}-fold{fold}"
+def study_name(params: Params, dataset: str, backbone: str, strategy: int, fold: int, repeat: int = 0) -> str:
+    where = f"repeat{repeat}-fold{fold}" if repeat else f"fold{fold}"
+    return f"{dataset}-{backbone}-{strategy}-svm-{params.protocol}-{params.svm.features}-{where}"
 
 
 def trial_logger(fold_run):
@@ -179,27 +201,36 @@ def run_svm(params: Params, dataset: str, backbone: str, strategy: int, estimato
             shown = f"sqlite:///{stage_dir(dataset, backbone, strategy, CLASSIFIER) / STUDY_FILE}" \
                 if default_study else storage
             mlflow.set_tag("optuna_storage", shown)
-        for fold in tqdm(sorted(data.features), desc=f"svm {backbone} {strategy}% ({cfg.search})", unit="fold"):
-            with tracking.fold_run(parent, fold) as run:
+        groups = data.rows["group"].to_numpy()
+        for repeat, fold in tqdm(sorted(data.features), desc=f"svm {backbone} {strategy}% ({cfg.search})",
+                                 unit="fold"):
+            rows = data.repeat_rows(repeat)  # this repeat's images: the fold's arrays are indexed within them
+            x, folds = data.features[(repeat, fold)], data.folds[rows]
+            with tracking.fold_run(parent, fold, repeat) as run:
                 callbacks = [trial_logger(mlflow.get_run(run.info.run_id))] if cfg.search == "optuna" else []
-                study = study_name(params, dataset, backbone, strategy, fold)
-                result = evaluate_fold(cfg, params.seed, params.protocol, estimator, data.features[fold], y,
-                                       data.rows["group"].to_numpy(), data.folds, fold, study, storage, callbacks)
-                log_fold(result, y, data.features[fold][result.fit_rows], fold, cfg.search)
-            test = np.flatnonzero(data.folds == fold)
-            oof.loc[test, "C"] = result.search.best_c
-            oof.loc[test, "score"] = result.scores[test] if rules(params.protocol).svm_on_all_images else result.scores
-            per_fold.append(result.metrics)
+                study = study_name(params, dataset, backbone, strategy, fold, repeat)
+                result = evaluate_fold(cfg, repeat_seed(params.seed, repeat), params.protocol, estimator, x, y[rows],
+                                       groups[rows], folds, fold, study, storage, callbacks)
+                log_fold(result, y[rows], x[result.fit_rows], fold, cfg.search)
+            test = np.flatnonzero(folds == fold)
+            oof.loc[rows[test], "C"] = result.search.best_c
+            oof.loc[rows[test], "score"] = \
+                result.scores[test] if rules(params.protocol).svm_on_all_images else result.scores
+            per_fold.append(result.metrics | ({REPEAT: repeat, "fold": fold} if data.repeated else {}))
             chosen_c.append(result.search.best_c)
-            tried.append(result.search.tried.assign(fold=fold))
-            tqdm.write(f"  fold {fold}: C={result.search.best_c:.3g} inner-CV AUC={result.search.inner_auc:.3f} "
+            tried.append(result.search.tried.assign(**{REPEAT: repeat, "fold": fold}))
+            where = f"repeat {repeat} fold {fold}" if repeat else f"fold {fold}"
+            tqdm.write(f"  {where}: C={result.search.best_c:.3g} inner-CV AUC={result.search.inner_auc:.3f} "
                        f"AUC={result.metrics['auc']:.3f}")
         summary = summarize(per_fold)
         mlflow.log_metrics(summary)
-        mlflow.log_params({f"chosen_c.fold{fold}": c for fold, c in zip(sorted(data.features), chosen_c)})
-        search_table = pd.concat(tried, ignore_index=True)[["fold", "trial", "C", "inner_auc_mean", "inner_auc_sd"]]
+        mlflow.log_params({f"chosen_c.{REPEAT}{repeat}.fold{fold}" if repeat else f"chosen_c.fold{fold}": c
+                           for (repeat, fold), c in zip(sorted(data.features), chosen_c)})
+        columns = ([REPEAT] if data.repeated else []) + ["fold", "trial", "C", "inner_auc_mean", "inner_auc_sd"]
+        search_table = pd.concat(tried, ignore_index=True)[columns]
+        shown = oof[oof[REPEAT] == 0] if data.repeated else oof
         with tracking.artifact_dir() as tmp:
-            save_roc_png(tmp / "roc_pooled.png", {"SVM": (oof["y"], oof["score"])}, "pooled out-of-fold")
+            save_roc_png(tmp / "roc_pooled.png", {"SVM": (shown["y"], shown["score"])}, "pooled out-of-fold")
             search_table.to_csv(tmp / "c_search.csv", index=False)
         search_file = Path(scratch) / "c_search.csv"
         search_table.to_csv(search_file, index=False)

@@ -33,10 +33,11 @@ def evaluate_fold(cfg: Svm, seed: int, protocol: str, estimator: Pipeline, x: np
                   callbacks: Sequence[Callable] = ()) -> SvmFoldResult:
     """Search C on the fold's fit rows, then score: the test fold once (leakage_free) or inner CV over all
     images (paper). `x`: every image's features from fold `fold`'s network; `folds`: each image's test fold."""
-    fit = svm_fit_rows(protocol, folds, fold)
-    search = search_c(cfg, seed, estimator, x[fit], y[fit], groups[fit], study, storage, callbacks)
+    fit, grouped = svm_fit_rows(protocol, folds, fold), rules(protocol).grouped_folds
+    search = search_c(cfg, seed, estimator, x[fit], y[fit], groups[fit], study, storage, callbacks, grouped)
     if rules(protocol).svm_on_all_images:
-        metrics, scores = inner_cv_metrics(search.estimator, x, y, groups, inner_folds(cfg.inner_splits, seed))
+        inner = inner_folds(cfg.inner_splits, seed, grouped)
+        metrics, scores = inner_cv_metrics(search.estimator, x, y, groups, inner)
         return SvmFoldResult(search, fit, np.arange(len(y)), scores, metrics)
     test = np.flatnonzero(folds == fold)
     scores = search.estimator.decision_function(x[test])

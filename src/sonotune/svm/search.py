@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, cross_val_score
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
@@ -40,9 +40,11 @@ def svm_pipeline(max_iter: int, seed: int) -> Pipeline:
     return Pipeline([("scale", StandardScaler()), ("svc", LinearSVC(max_iter=max_iter, random_state=seed))])
 
 
-def inner_folds(n_splits: int, seed: int) -> StratifiedGroupKFold:
-    """The inner CV: grouped and stratified, shuffled once by the seed, so every C sees the same splits."""
-    return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+def inner_folds(n_splits: int, seed: int, grouped: bool = True) -> StratifiedGroupKFold | StratifiedKFold:
+    """The inner CV: stratified and (unless `grouped` is False: the paper's protocol) grouped, shuffled once by the
+    seed, so every C sees the same splits. Ungrouped folds ignore the groups they are given."""
+    splitter = StratifiedGroupKFold if grouped else StratifiedKFold
+    return splitter(n_splits=n_splits, shuffle=True, random_state=seed)
 
 
 def grid_search_c(estimator: Pipeline, x, y, groups, c_grid: Sequence[float], cv) -> CSearch:
@@ -118,10 +120,10 @@ def inner_cv_metrics(estimator: Pipeline, x, y, groups, cv) -> tuple[dict[str, f
 
 
 def search_c(cfg: Svm, seed: int, estimator: Pipeline, x, y, groups, name: str, storage: str | None,
-             callbacks: Sequence[Callable] = ()) -> CSearch:
+             callbacks: Sequence[Callable] = (), grouped: bool = True) -> CSearch:
     """C by the search `cfg.search` names (the params' `svm` section): the grid, or `n_trials` Optuna trials in
-    study `name` of `storage`; scored on `cfg.inner_splits` inner folds seeded by `seed`."""
-    cv = inner_folds(cfg.inner_splits, seed)
+    study `name` of `storage`; scored on `cfg.inner_splits` inner folds seeded by `seed` (grouped unless not)."""
+    cv = inner_folds(cfg.inner_splits, seed, grouped)
     if cfg.search == "grid":
         return grid_search_c(estimator, x, y, groups, cfg.c_grid, cv)
     return optuna_search_c(estimator, x, y, groups, cv, cfg.optuna.c_min, cfg.optuna.c_max, cfg.optuna.n_trials,

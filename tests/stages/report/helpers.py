@@ -20,23 +20,31 @@ def report_params(backbones=("vgg16", "resnet50"), strategies=(0, 15, 50), **rep
     return parse_params(raw)
 
 
-def fake_study(params, quality: dict | None = None) -> None:
-    """Stage outputs as `finetune` and `svm` write them, for scores whose signal grows with `quality`."""
+def fake_study(params, quality: dict | None = None, shift: dict | None = None, repeats: int = 1) -> None:
+    """Stage outputs as `finetune` and `svm` write them, for scores whose signal grows with `quality`; `shift`
+    moves a configuration's raw scores (a large negative shift calls every image benign). With `repeats` > 1,
+    as `cv.repeats` writes them: repeat r re-splits the groups and retrains (fresh noise), oof.csv gets a
+    `repeat` column and every per-fold metrics entry its `repeat`."""
     rng = np.random.default_rng(0)
     group = np.arange(N_IMAGES) // 2  # two images per group, one class per group, both classes in every fold
     y = (group % 5 < 2).astype(int)
     base = pd.DataFrame({"path": [f"img{i}.png" for i in range(N_IMAGES)], "group": [f"g{g}" for g in group],
-                         "label": np.where(y, "malignant", "benign"), "y": y, "fold": group % N_FOLDS})
-    folds = base["fold"].to_numpy()
+                         "label": np.where(y, "malignant", "benign"), "y": y})
     for dataset in params.study.datasets:
         for backbone in params.study.backbones:
             for strategy in params.study.strategies:
                 for classifier in ("mlp", "svm"):
                     signal_ = (quality or {}).get((backbone, strategy, classifier), 0.5 + strategy / 50)
-                    raw = signal_ * y + rng.normal(size=N_IMAGES)
-                    score = 1 / (1 + np.exp(-raw)) if classifier == "mlp" else raw
+                    offset = (shift or {}).get((backbone, strategy, classifier), 0)
                     threshold = THRESHOLDS[classifier]
-                    per_fold = [binary_metrics(y[folds == k], score[folds == k], threshold) for k in range(N_FOLDS)]
-                    extra = {"chosen_c": [1.0, 10.0, 0.1]} if classifier == "svm" else None
-                    write_stage_outputs(dataset, backbone, strategy, classifier, base.assign(score=score), per_fold,
-                                        summarize(per_fold), extra=extra)
+                    parts, per_fold = [], []
+                    for repeat in range(repeats):
+                        folds = (group // 5 + repeat) % N_FOLDS if repeat else group % N_FOLDS
+                        raw = signal_ * y + rng.normal(size=N_IMAGES) + offset
+                        score = 1 / (1 + np.exp(-raw)) if classifier == "mlp" else raw
+                        parts.append(base.assign(fold=folds, score=score, **({"repeat": repeat} if repeats > 1 else {})))
+                        per_fold += [binary_metrics(y[folds == k], score[folds == k], threshold)
+                                     | ({"repeat": repeat, "fold": k} if repeats > 1 else {}) for k in range(N_FOLDS)]
+                    extra = {"chosen_c": [1.0, 10.0, 0.1] * repeats} if classifier == "svm" else None
+                    write_stage_outputs(dataset, backbone, strategy, classifier, pd.concat(parts, ignore_index=True),
+                                        per_fold, summarize(per_fold), extra=extra)

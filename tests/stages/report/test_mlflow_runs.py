@@ -38,7 +38,7 @@ def test_intervals_go_onto_the_producing_parent_runs_only(local_mlflow):
     from sonotune import tracking
 
     params = report_params(backbones=("vgg16",), strategies=(0, 15), log_to_mlflow=True)
-    fake_study(params)
+    fake_study(params, shift={("vgg16", 15, "svm"): 30.0})  # the SVM at 15 % calls every image malignant
     stale = None
     for strategy in (0, 15):
         for classifier in ("mlp", "svm"):
@@ -62,6 +62,10 @@ def test_intervals_go_onto_the_producing_parent_runs_only(local_mlflow):
         assert run_["metrics.auc_ci_low"] == pytest.approx(row[f"{classifier}_auc_low"], abs=1e-4)
         assert run_["metrics.auc_ci_high"] == pytest.approx(row[f"{classifier}_auc_high"], abs=1e-4)
         assert run_["params.strategy"] == run_["tags.strategy"] and run_["params.backbone"] == "vgg16"
+        assert run_["metrics.auc_oof_mean"] == pytest.approx(row[f"{classifier}_auc"], abs=1e-4)
+        one_class = run_["tags.strategy"] == "15" and classifier == "svm"
+        assert run_["tags.single_class_folds"] == ("3" if one_class else "0")
+        assert run_["tags.auc_ci"].startswith("95 % interval of auc_oof_mean: clustered")
     assert np.isnan(after.set_index("run_id").loc[stale, "metrics.auc_ci_low"])
 
 

@@ -52,12 +52,14 @@ def test_tables_match_the_per_fold_metrics(workdir):
     assert "Best: phantom / " in text and "- phantom / vgg16: " in text and "- phantom / resnet50: " in text
 
 
-@pytest.mark.parametrize("test", ["delong", "bootstrap"])
-def test_one_backbone_one_strategy_degrades_gracefully(workdir, test):
-    params = report_params(backbones=("vgg16",), strategies=(0,), paired_test=test)
+@pytest.mark.parametrize("test, interval", [("permutation", "clustered"), ("clustered_delong", "clustered"),
+                                            ("delong", "bootstrap"), ("bootstrap", "bootstrap")])
+def test_one_backbone_one_strategy_degrades_gracefully(workdir, test, interval):
+    params = report_params(backbones=("vgg16",), strategies=(0,), paired_test=test, interval=interval)
     fake_study(params)
     text = run_report(params)
     assert "the study holds one strategy, no runner-up to compare" in text
     assert "table4.md (0 %)" in text
     assert "does not hold; showing 0 %" in (workdir / "reports" / "table4.md").read_text()
     assert len(pd.read_csv(workdir / "reports" / "comparisons.csv")) == 1  # MLP vs SVM only
+    assert not pd.read_csv(workdir / "reports" / "table3.csv")[["mlp_auc_low", "svm_auc_high"]].isna().any(axis=None)

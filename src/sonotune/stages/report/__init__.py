@@ -3,16 +3,19 @@
 Run as `sonotune report` (the last stage of `dvc repro`). For every (dataset, backbone, strategy, classifier)
 of params.yaml's `study` it reads the metrics JSON and out-of-fold predictions the `finetune` and `svm`
 stages wrote, and writes under `reports/`:
-- `table3.csv`/`.md`: AUC of the MLP head and of the SVM, mean ± sd over folds and a 95 % interval — the
-  paper's Table 3; `table4.csv`/`.md`: accuracy, precision, sensitivity MLP/SVM and the chosen C at
-  `report.table4_strategy` — the paper's Table 4;
+- `table3.csv`/`.md`: AUC of the MLP head and of the SVM (out-of-fold), mean ± sd over folds and a 95 %
+  interval of that mean — the paper's Table 3; `table3_paper_layout.md`: the same AUCs in the paper's layout
+  (strategies × backbones) beside the paper's values (`paper_table3.csv`); `table4.csv`/`.md`: accuracy,
+  precision, sensitivity, specificity, balanced accuracy, MCC MLP/SVM, folds called all one class, and the
+  chosen C at `report.table4_strategy` — the paper's Table 4 and what it leaves out;
 - `comparisons.csv`: every paired comparison (strategy A vs B per backbone and classifier; MLP vs SVM per
   configuration) with its p-value and Holm-adjusted p-value;
 - `figures/`: `auc_heatmap_<dataset>.png`, and for the two best backbones of each dataset
   `roc_<dataset>.png` (MLP vs SVM) and `confusion_<dataset>.png` (the paper's Figs 3–8);
 - `roc_best.csv` (DVC plot of the best configuration), `metrics.json` (DVC metrics), `summary.md`.
-Intervals and tests come from `sonotune.stats`. The intervals are also logged onto the parent MLflow runs the
-stages created (found by their tags; the report never creates a run).
+Intervals and tests come from `sonotune.stats` (docs/statistics.md). The intervals, and a `single_class_folds`
+tag, are also logged onto the parent MLflow runs the stages created (found by their tags; the report never
+creates a run).
 
 One module per job: `load` (read the stages' outputs), `statistics` (intervals, paired tests), `tables`
 (Tables 3 and 4), `findings` (the verdicts in words, the summary), `figures`, `mlflow_runs` (the parent runs)
@@ -21,11 +24,13 @@ and `write` (the files under `reports/`); `run_report` below only strings them t
 
 from __future__ import annotations
 
+import dataclasses
+
 from sonotune.config import Params
 from sonotune.stages.report.findings import best_per_backbone, summary_text
-from sonotune.stages.report.load import StudyResults, load_study
+from sonotune.stages.report.load import load_study
 from sonotune.stages.report.mlflow_runs import log_intervals
-from sonotune.stages.report.statistics import add_intervals, comparisons
+from sonotune.stages.report.statistics import add_intervals, comparisons, variance_note
 from sonotune.stages.report.tables import table3, table4, table4_strategy
 from sonotune.stages.report.write import write_metrics, write_plots, write_summary, write_tables
 
@@ -36,17 +41,18 @@ def run_report(params: Params) -> str:
     """Build every report file from the stages' outputs; return the one-screen summary."""
     study = load_study(params)
     results = add_intervals(study, params)
-    study = StudyResults(results, study.predictions, study.chosen_c)
+    study = dataclasses.replace(study, results=results)
     tests = comparisons(study, params)
-    table = table3(results)
+    table = table3(results, params.protocol)
     best = best_per_backbone(results, tests)
     t4_strategy = table4_strategy(params)
     t4 = table4(study, t4_strategy)
 
-    write_plots(study, results, best)
+    write_plots(study, results, best, tests, params)
     mlflow_note = log_intervals(results, params)
-    write_tables(table, t4, t4_strategy, tests, params)
+    write_tables(study, table, t4, t4_strategy, tests, params)
     write_metrics(results)
-    text = summary_text(params, results, table, best, tests, t4_strategy, mlflow_note)
+    text = summary_text(params, results, table, best, tests, t4_strategy, mlflow_note, t4,
+                        variance_note(study, params))
     write_summary(text)
     return text

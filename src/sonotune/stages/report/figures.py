@@ -19,33 +19,72 @@ def _plt():
     return plt
 
 
-def save_auc_heatmap(path, results: pd.DataFrame, dataset: str) -> None:
-    """Backbone × strategy fold-mean AUC, one panel per classifier, on a shared colour scale."""
+AUC_SCALE = (0.5, 1.0)  # fixed, so that a spread of noise around 0.5 does not fill the colour range
+
+
+def indistinguishable_from_best(results: pd.DataFrame, tests: pd.DataFrame, dataset: str,
+                                alpha: float) -> dict[tuple[str, str], tuple[int, set[int]]]:
+    """Per (backbone, classifier): its best strategy by fold-mean AUC and the other strategies whose paired test
+    against it is not significant after Holm (a missing test — too few groups — counts as not significant)."""
+    marks = {}
+    data = results[results["dataset"] == dataset]
+    for (backbone, classifier), group in data.groupby(["backbone", "classifier"], sort=False):
+        best = int(group.loc[group["auc_mean"].idxmax(), "strategy"])
+        family = tests[(tests["dataset"] == dataset) & (tests["family"] == f"strategy:{backbone}:{classifier}")]
+        tied = set()
+        for test in family.itertuples():
+            pair = {int(test.a), int(test.b)}
+            if best in pair and not (test.p_holm < alpha):
+                tied |= pair - {best}
+        marks[(backbone, classifier)] = (best, tied)
+    return marks
+
+
+def save_auc_heatmap(path, results: pd.DataFrame, dataset: str, tests: pd.DataFrame | None = None,
+                     alpha: float = 0.05, test_name: str = "paired test") -> None:
+    """`auc_heatmap` saved to `path`."""
     plt = _plt()
+    fig = auc_heatmap(results, dataset, tests, alpha, test_name)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def auc_heatmap(results: pd.DataFrame, dataset: str, tests: pd.DataFrame | None = None, alpha: float = 0.05,
+                test_name: str = "paired test"):
+    """Backbone × strategy fold-mean AUC, one panel per classifier, on the fixed scale AUC_SCALE; each row's
+    best strategy in bold, and the strategies not distinguishable from it (Holm p ≥ alpha) outlined."""
+    from matplotlib.patches import Rectangle
+
+    plt = _plt()
+    low, high = AUC_SCALE
     data = results[results["dataset"] == dataset]
     backbones = list(dict.fromkeys(data["backbone"]))
     strategies = sorted(set(data["strategy"]))
-    low, high = float(data["auc_mean"].min()), float(data["auc_mean"].max())
-    if high - low < 0.02:
-        low, high = low - 0.01, high + 0.01
-    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.5 * len(strategies), 1.6 + 0.45 * len(backbones)),
+    marks = indistinguishable_from_best(results, tests, dataset, alpha) if tests is not None else {}
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.5 * len(strategies), 2.0 + 0.45 * len(backbones)),
                              sharey=True, squeeze=False, layout="constrained")
     for ax, classifier in zip(axes[0], CLASSIFIERS):
         grid = (data[data["classifier"] == classifier]
                 .pivot(index="backbone", columns="strategy", values="auc_mean").reindex(index=backbones,
                                                                                         columns=strategies))
-        image = ax.imshow(grid.to_numpy(), vmin=low, vmax=high, cmap="viridis", aspect="auto")
+        image = ax.imshow(np.clip(grid.to_numpy(), low, high), vmin=low, vmax=high, cmap="viridis", aspect="auto")
         for (i, j), value in np.ndenumerate(grid.to_numpy()):
+            best, tied = marks.get((backbones[i], classifier), (None, set()))
             ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8,
+                    fontweight="bold" if strategies[j] == best else "normal",
                     color="white" if value < (low + high) / 2 else "black")
+            if strategies[j] in tied:
+                ax.add_patch(Rectangle((j - 0.46, i - 0.42), 0.92, 0.84, fill=False, edgecolor="red", linewidth=1.5,
+                                       linestyle="--"))
         ax.set_xticks(range(len(strategies)), [f"{s} %" for s in strategies])
         ax.set_yticks(range(len(backbones)), backbones)
         ax.set_title(f"{CLASSIFIER_LABELS[classifier]}", fontsize=10)
         ax.set_xlabel("layers fine-tuned")
-    fig.colorbar(image, ax=axes[0].tolist(), label="AUC (fold mean)")
-    fig.suptitle(f"{dataset}: AUC by backbone and strategy", fontsize=10)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    fig.colorbar(image, ax=axes[0].tolist(),
+                 label=f"AUC (fold mean), fixed scale {low:g}–{high:g}\nvalues below {low:g} shown as {low:g}")
+    fig.suptitle(f"{dataset}: AUC by backbone and strategy\nbold: the row's best; dashed red: not "
+                 f"distinguishable from it ({test_name}, Holm p ≥ {alpha:g})", fontsize=9)
+    return fig
 
 
 def two_best_backbones(best: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -53,8 +92,9 @@ def two_best_backbones(best: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 
 def save_roc_overlay(path, frame: pd.DataFrame, results: pd.DataFrame, picks: pd.DataFrame, dataset: str) -> None:
-    """Per picked backbone (at its best strategy): pooled out-of-fold ROC of the MLP head and of the SVM."""
-    from sklearn.metrics import roc_curve
+    """Per picked backbone (at its best strategy): pooled out-of-fold ROC of the MLP head and of the SVM. The
+    legend gives the pooled curve's own AUC, then the fold-mean AUC (the tables' statistic) with its interval."""
+    from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.2), squeeze=False)
@@ -64,13 +104,15 @@ def save_roc_overlay(path, frame: pd.DataFrame, results: pd.DataFrame, picks: pd
             fpr, tpr, _ = roc_curve(frame["y"], score)
             r = results[(results["dataset"] == dataset) & (results["backbone"] == pick.backbone)
                         & (results["strategy"] == pick.strategy) & (results["classifier"] == classifier)].iloc[0]
-            ax.plot(fpr, tpr, label=f"{CLASSIFIER_LABELS[classifier]}  "
-                                    f"AUC {r.auc_mean:.3f} [{r.auc_low:.2f}, {r.auc_high:.2f}]")
+            interval = "no interval" if np.isnan(r.auc_low) else f"[{r.auc_low:.2f}, {r.auc_high:.2f}]"
+            ax.plot(fpr, tpr, label=f"{CLASSIFIER_LABELS[classifier]}: pooled {roc_auc_score(frame['y'], score):.3f}; "
+                                    f"fold mean {r.auc_mean:.3f} {interval}")
         ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
         ax.set(xlabel="false positive rate", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
         ax.set_title(f"{pick.backbone}, {pick.strategy} % fine-tuned", fontsize=10)
-        ax.legend(loc="lower right", fontsize=8, title="fold-mean AUC", title_fontsize=8)
-    fig.suptitle(f"{dataset}: out-of-fold ROC, MLP head vs SVM", fontsize=10)
+        ax.legend(loc="lower right", fontsize=7, title="AUC of the pooled curve; fold mean [interval]",
+                  title_fontsize=7)
+    fig.suptitle(f"{dataset}: pooled out-of-fold ROC, MLP head vs SVM", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -10,10 +10,13 @@ import pandas as pd
 
 from sonotune import tracking
 from sonotune.config import Params
-from sonotune.stages.report.tables import table3_markdown
+from sonotune.stages.report.statistics import INTERVAL_NAMES, TEST_NAMES
+from sonotune.stages.report.tables import table3_markdown, table4_rows
 from sonotune.vocabulary import CLASSIFIER_LABELS
 
 TABLE3_INLINE_ROWS = 12  # above this, the summary points to table3.md instead of repeating it
+TABLE4_INLINE_ROWS = 6
+SINGLE_CLASS_NAMED = 6  # configurations named in the summary's one-class sentence, the rest counted
 
 
 def best_per_backbone(results: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
@@ -25,14 +28,14 @@ def best_per_backbone(results: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFram
         rivals = group[(group["classifier"] == best.classifier) & (group["strategy"] != best.strategy)]
         row = {"dataset": dataset, "backbone": backbone, "strategy": best.strategy, "classifier": best.classifier,
                "auc": best.auc_mean, "auc_low": best.auc_low, "auc_high": best.auc_high,
-               "runner_up": None, "runner_up_auc": np.nan, "p_value": np.nan, "p_holm": np.nan}
+               "runner_up": None, "runner_up_auc": np.nan, "p_value": np.nan, "p_holm": np.nan, "no_test": None}
         if len(rivals):
             runner = rivals.loc[rivals["auc_mean"].idxmax()]
             pair = {str(best.strategy), str(runner.strategy)}
             test = tests[(tests["dataset"] == dataset) & (tests["family"] == f"strategy:{backbone}:{best.classifier}")
                          & tests.apply(lambda t: {t.a, t.b} == pair, axis=1)].iloc[0]
             row |= {"runner_up": runner.strategy, "runner_up_auc": runner.auc_mean,
-                    "p_value": test.p_value, "p_holm": test.p_holm}
+                    "p_value": test.p_value, "p_holm": test.p_holm, "no_test": test.no_test}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -41,13 +44,21 @@ def _p(value: float) -> str:
     return "n/a" if math.isnan(value) else ("< 0.001" if value < 0.001 else f"{value:.3f}")
 
 
+def _interval(low: float, high: float) -> str:
+    return "[no interval]" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
+
+
 def best_lines(best: pd.DataFrame, alpha: float, test_name: str) -> list[str]:
     lines = []
     for row in best.itertuples():
         head = (f"- {row.dataset} / {row.backbone}: {row.strategy} % with {CLASSIFIER_LABELS[row.classifier]}, "
-                f"AUC {row.auc:.3f} [{row.auc_low:.2f}, {row.auc_high:.2f}]")
+                f"AUC {row.auc:.3f} {_interval(row.auc_low, row.auc_high)}")
         if row.runner_up is None:
             lines.append(f"{head}; the study holds one strategy, no runner-up to compare")
+            continue
+        if isinstance(row.no_test, str):
+            lines.append(f"{head}; runner-up {row.runner_up} % ({row.runner_up_auc:.3f}): no calibrated test, "
+                         f"{row.no_test}")
             continue
         verdict = "distinguishable" if row.p_holm < alpha else "not distinguishable"
         lines.append(f"{head}; runner-up {row.runner_up} % ({row.runner_up_auc:.3f}): {test_name} "
@@ -59,6 +70,10 @@ def classifier_lines(tests: pd.DataFrame, alpha: float) -> list[str]:
     lines = []
     for dataset, group in tests[tests["family"] == "classifier"].groupby("dataset", sort=False):
         ahead = int((group["difference"] < 0).sum())
+        if group["no_test"].notna().any():
+            lines.append(f"- {dataset}: SVM ahead in {ahead} of {len(group)} configurations; no calibrated test, "
+                         f"{group['no_test'].dropna().iloc[0]}")
+            continue
         significant = group[group["distinguishable"]]
         detail = "; ".join(f"{t.backbone} {t.strategy} %: {'SVM' if t.difference < 0 else 'MLP'} "
                            f"{abs(t.difference):+.3f}, Holm p {_p(t.p_holm)}" for t in significant.itertuples())
@@ -68,25 +83,53 @@ def classifier_lines(tests: pd.DataFrame, alpha: float) -> list[str]:
     return lines
 
 
+def table4_lines(t4: pd.DataFrame, strategy: int) -> list[str]:
+    """Table 4 inline (fold means at `strategy`), or a pointer to table4.md when it is long."""
+    if len(t4) > TABLE4_INLINE_ROWS:
+        return [f"Table 4 ({len(t4)} rows, {strategy} %; with specificity, balanced accuracy, MCC): reports/table4.md"]
+    return [f"Table 4 at {strategy} % (fold means; † = folds called all one class):", "", *table4_rows(t4)]
+
+
+def single_class_lines(results: pd.DataFrame) -> list[str]:
+    """One plain sentence naming the configurations whose classifier called every image one class in a fold."""
+    flagged = results[results["single_class_folds"] > 0]
+    if flagged.empty:
+        return []
+    named = [f"{r.dataset} / {r.backbone} {r.strategy} % {CLASSIFIER_LABELS[r.classifier]} "
+             f"({r.single_class_folds} of {r.n_folds} folds)" for r in flagged.head(SINGLE_CLASS_NAMED).itertuples()]
+    more = len(flagged) - len(named)
+    return ["", f"One class only: {len(flagged)} of {len(results)} configurations called every image of a fold "
+                f"benign or every image malignant (their accuracy there is the prevalence; judge them by balanced "
+                f"accuracy and MCC): {', '.join(named)}" + (f", and {more} more." if more else ".")]
+
+
 def summary_text(params: Params, results: pd.DataFrame, table: pd.DataFrame, best: pd.DataFrame,
-                 tests: pd.DataFrame, t4_strategy: int, mlflow_note: str) -> str:
+                 tests: pd.DataFrame, t4_strategy: int, mlflow_note: str, t4: pd.DataFrame, variance: str) -> str:
     cfg = params.report
-    test_name = "DeLong" if cfg.paired_test == "delong" else "paired bootstrap"
+    named = tests["test"].dropna().unique() if "test" in tests else []
+    test_name = " / ".join(named) if len(named) else TEST_NAMES[cfg.paired_test]
     top = results.loc[results["auc_mean"].idxmax()]
+    repeats = f" × {params.cv.repeats} repeats" if params.cv.repeats > 1 else ""
     lines = [f"# sonotune study — {', '.join(params.study.datasets)} · protocol `{params.protocol}` · "
-             f"{params.cv.n_splits}-fold CV", ""]
+             f"{params.cv.n_splits}-fold CV{repeats}", ""]
     if len(table) <= TABLE3_INLINE_ROWS:
-        lines += table3_markdown(table, cfg.alpha).splitlines()
+        lines += table3_markdown(table, cfg.alpha, INTERVAL_NAMES[cfg.interval]).splitlines()
     else:
         lines.append(f"Table 3 ({len(table)} rows): reports/table3.md")
     lines += ["", "Best strategy per backbone (vs the runner-up strategy, same classifier; Holm within backbone):"]
     lines += best_lines(best, cfg.alpha, test_name)
     lines += ["", f"MLP vs SVM on the same folds ({test_name}, Holm within dataset):"]
     lines += classifier_lines(tests, cfg.alpha)
+    lines += ["", *table4_lines(t4, t4_strategy)]
+    lines += single_class_lines(results)
+    lines += ["", variance]
     lines += ["", f"Best: {top.dataset} / {top.backbone} at {top.strategy} % with the "
                   f"{CLASSIFIER_LABELS[top.classifier]} head "
-                  f"(AUC {top.auc_mean:.3f} [{top.auc_low:.2f}, {top.auc_high:.2f}]).",
-              f"Files: reports/table3.md, table4.md ({t4_strategy} %), comparisons.csv, figures/.",
+                  f"(AUC {top.auc_mean:.3f} {_interval(top.auc_low, top.auc_high)}; sensitivity "
+                  f"{top.recall_mean:.3f}, specificity {top.specificity_mean:.3f}, balanced accuracy "
+                  f"{top.balanced_accuracy_mean:.3f}, MCC {top.mcc_mean:.3f}).",
+              f"Files: reports/table3.md, table3_paper_layout.md, table4.md ({t4_strategy} %), comparisons.csv, "
+              "figures/.",
               mlflow_note,
               browse_line()]
     return "\n".join(lines) + "\n"

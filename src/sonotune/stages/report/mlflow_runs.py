@@ -1,5 +1,6 @@
-"""The report's one MLflow action: add the intervals to the parent runs the `finetune` and `svm` stages created
-(found by their tags and numbers; the report never creates a run)."""
+"""The report's one MLflow action: add the intervals (with the statistic they belong to, `auc_oof_mean`) and the
+`single_class_folds` tag to the parent runs the `finetune` and `svm` stages created (found by their tags and
+numbers; the report never creates a run)."""
 
 from __future__ import annotations
 
@@ -42,15 +43,24 @@ def log_to_parent_runs(results: pd.DataFrame, params: Params) -> tuple[int, int]
             continue
         mean_keys = [k for k in row if k.endswith(("_mean", "_sd"))]
         values = {k: row[k] for k in mean_keys if k not in run.data.metrics}
-        values |= {"auc_ci_low": row["auc_low"], "auc_ci_high": row["auc_high"]}
+        # the interval's own statistic: equal to the stage's auc_mean except for the SVM under protocol paper
+        values |= {"auc_oof_mean": row["auc_mean"], "auc_ci_low": row["auc_low"], "auc_ci_high": row["auc_high"]}
         metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if not math.isnan(float(v))]
         # the compare view plots params, not tags: give it the grid's axes where the stage did not log them
         axes = {k: str(row[k]) for k in ("backbone", "strategy", "classifier") if k not in run.data.params}
         client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in axes.items()])
-        client.set_tag(run.info.run_id, "auc_ci", f"{round(100 * (1 - params.report.alpha))} % group bootstrap "
-                                                  f"({params.report.n_bootstrap} replicates)")
+        client.set_tag(run.info.run_id, "auc_ci", f"{round(100 * (1 - params.report.alpha))} % interval of "
+                                                  f"auc_oof_mean: {_interval_name(params)}")
+        client.set_tag(run.info.run_id, "single_class_folds", str(int(row["single_class_folds"])))
         updated += 1
     return updated, missing
+
+
+def _interval_name(params: Params) -> str:
+    cfg = params.report
+    if cfg.interval == "bootstrap":
+        return f"group bootstrap ({cfg.n_bootstrap} replicates)"
+    return "clustered (Obuchowski) variance, logit scale, t reference"
 
 
 def _producing_run(client, experiment_id: str, row: dict, protocol: str):
@@ -61,6 +71,6 @@ def _producing_run(client, experiment_id: str, row: dict, protocol: str):
                               order_by=["attributes.start_time DESC"], max_results=50)
     for run in runs:
         logged = run.data.metrics.get("auc_mean")
-        if logged is not None and math.isclose(logged, row["auc_mean"], rel_tol=1e-9, abs_tol=1e-12):
+        if logged is not None and math.isclose(logged, row["auc_stage"], rel_tol=1e-9, abs_tol=1e-12):
             return run
     return None
