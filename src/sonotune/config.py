@@ -333,3 +333,11 @@ def flatten(params: BaseModel | dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[dotted] = value
     return flat
+
+
+def require_dataset(params: Params, name: str, source: str | Path = PARAMS_FILE) -> None:
+    """Validation of a `--dataset` option: `name` must be defined under `datasets:` (checked before a stage
+    trains, so an undefined name is not answered with "run `sonotune prepare` first")."""
+    if name not in params.datasets:
+        raise ConfigError(f"--dataset {name}: not defined under `datasets:` in {source} "
+                          f"(defined: {', '.join(sorted(params.datasets))})")

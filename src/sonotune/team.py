@@ -72,6 +72,20 @@ def check_tracking_server(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
         )
 
 
+def require_free_port(host: str, port: int) -> None:
+    """Refuse to start a server on an address another process listens on (MLflow would print its banner,
+    fail to bind and still exit 0)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SonotuneError(f"{host}:{port}: cannot listen there ({exc.strerror or exc}): another server is "
+                                f"using the port? pass --port") from None
+
+
 def in_queued_copy() -> bool:
     """True inside a `dvc exp run --queue` experiment: DVC runs it in a temporary copy, not in DVC_ROOT."""
     root = os.environ.get("DVC_ROOT")

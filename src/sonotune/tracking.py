@@ -11,19 +11,39 @@ Crash recovery: a stage that resumes passes the old parent's id to `parent_run` 
 `discard_unfinished_folds` marks the interrupted fold runs FAILED and deletes them (soft delete, still in the
 store), `fail_stale_runs` marks any other run of the same fingerprint still RUNNING as FAILED. So a rerun
 after `kill -9` leaves one parent per configuration and no run RUNNING.
+
+Faults (docs/failures.md): against a server, MLflow's HTTP client is given a short retry budget
+(`HTTP_DEFAULTS`, each overridable in the environment) so a server lost mid-stage ends the stage in seconds, not
+MLflow's default ~4 min per call; `failure_line` turns whatever MLflow raised into one line naming the URI (password
+masked by `mask_credentials`); `check_local_store` refuses an empty, corrupt or read-only `mlruns/mlflow.db`
+before any training.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
 import subprocess
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from sonotune.errors import SonotuneError, mask_credentials, require_writable
+
 LOCAL_STORE = Path("mlruns")
 FINGERPRINT_TAG = "sonotune.fingerprint"
+# MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) wait ~4 min per call on a lost server, and a
+# failing stage makes several calls (log, end fold run, end parent run): 2 retries, 1 s backoff and a 15 s
+# timeout surface a refused connection in ~3 s per call and keep a slow upload alive (the timeout is per read)
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
 
 
 def local_uri() -> str:
@@ -39,10 +59,17 @@ def _uses_local_store() -> bool:
     return tracking_uri() == local_uri()
 
 
+def shorten_retries() -> None:
+    """MLflow's HTTP retry budget cut to seconds (`HTTP_DEFAULTS`), unless the environment sets its own."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 def configure() -> str:
     """Point MLflow at the project's store; return the URI."""
     import mlflow
 
+    shorten_retries()
     if _uses_local_store():
         (LOCAL_STORE / "artifacts").mkdir(parents=True, exist_ok=True)
     uri = tracking_uri()
@@ -238,3 +265,144 @@ def artifact_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory() as tmp:
         yield Path(tmp)
         mlflow.log_artifacts(tmp)
+
+
+def check_local_store(db: Path | None = None) -> None:
+    """Refuse an empty, unreadable or read-only SQLite store before any training (a server is checked by
+    `team.check_tracking`). A missing file is fine: MLflow creates it."""
+    if not _uses_local_store() and db is None:
+        return
+    db = db or LOCAL_STORE / "mlflow.db"
+    require_writable(db.parent, "the MLflow store")
+    if not db.exists():
+        return
+    if db.stat().st_size == 0:
+        raise SonotuneError(f"{db}: empty file where the MLflow store should be (its runs are gone; MLflow would "
+                           f"silently start a new one): restore it from a backup, or delete it to start afresh")
+    check = _quick_check(db)
+    if check != "ok":
+        raise SonotuneError(f"{db}: not a readable MLflow store ({check}): restore it from a backup, or move it "
+                           f"away to start a new store")
+    if not os.access(db, os.W_OK):
+        raise SonotuneError(f"{db}: read-only: the stage could not record its runs; make it writable")
+
+
+def _quick_check(db: Path) -> str:
+    """"ok" when `db` is an intact SQLite file holding MLflow's runs table, else SQLite's reason."""
+    try:
+        connection = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        check = connection.execute("PRAGMA quick_check").fetchone()[0]
+        connection.execute("SELECT count(*) FROM runs").fetchone()
+        return check
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        connection.close()
+
+
+def _is_tracking_error(exc: BaseException) -> bool:
+    names = {f"{type(e).__module__}.{type(e).__name__}" for e in _chain(exc)}
+    return any(name.startswith(("mlflow.", "requests.", "urllib3.", "sqlalchemy.")) for name in names)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _short_reason(exc: BaseException) -> str:
+    import requests
+
+    for link in _chain(exc):
+        if isinstance(link, (requests.ConnectionError, ConnectionError)):
+            return LOST
+        if isinstance(link, requests.Timeout):
+            return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s"
+    text = " ".join(str(exc).split())
+    if "Max retries exceeded" in text or "Connection refused" in text or "Failed to establish" in text:
+        return LOST
+    return text[:160] + ("…" if len(text) > 160 else "")
+
+
+LOST = "connection refused or lost"
+
+
+def lost_server_line(uri: str, reason: str) -> str:
+    """The one line of a stage whose tracking server went away (found by MLflow's call or by `ServerWatch`)."""
+    from sonotune.team import redact
+
+    return mask_credentials(
+        f"MLflow tracking server {redact(uri)} lost mid-stage ({reason}); finished folds are kept: restart it "
+        f"(`sonotune server`) and rerun the same command to resume")
+
+
+def failure_line(exc: BaseException) -> str | None:
+    """One line for an error of the tracking store (server lost, store corrupt or read-only), or None when
+    `exc` did not come from MLflow or its transport."""
+    if not _is_tracking_error(exc):
+        return None
+    from sonotune.team import is_server, redact
+
+    uri, reason = tracking_uri(), _short_reason(exc)
+    if is_server(uri) and reason == LOST:
+        return lost_server_line(uri, reason)
+    return mask_credentials(
+        f"MLflow tracking store {redact(uri)} failed ({reason}); finished folds are kept: make the store reachable "
+        f"and writable (`sonotune server`, MLFLOW_TRACKING_URI) and rerun the same command to resume"
+    )
+
+
+class ServerWatch:
+    """A daemon thread asking the tracking server's /health every `interval` s while a stage trains (a fold may
+    call MLflow only once in many minutes): after `failures` failed checks in a row it records why in `lost`
+    and interrupts the main thread, which unwinds like Ctrl-C (open runs FAILED, finished folds kept)."""
+
+    def __init__(self, uri: str, interval: float = 10.0, failures: int = 2):
+        self.uri, self.interval, self.failures = uri, interval, failures
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="sonotune-server-watch", daemon=True)
+
+    def start(self) -> "ServerWatch":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        import _thread
+
+        from sonotune.team import TrackingUnavailable, check_tracking_server
+
+        misses = 0
+        while not self._stop.wait(self.interval):
+            try:
+                check_tracking_server(self.uri, timeout=min(5.0, self.interval))
+                misses = 0
+            except TrackingUnavailable as exc:
+                misses += 1
+                if misses >= self.failures and not self._stop.is_set():
+                    refused = "Connection refused" in str(exc) or "Connection aborted" in str(exc)
+                    found = re.search(r"\(([^)]*)\)", str(exc))
+                    self.lost = LOST if refused else found.group(1) if found else str(exc)
+                    _thread.interrupt_main()
+                    return
+
+    def line(self) -> str:
+        """The one line of a stage stopped by this watch."""
+        return lost_server_line(self.uri, self.lost)
+
+
+def watch_server(uri: str | None = None) -> ServerWatch | None:
+    """Start a `ServerWatch` when the tracking URI is a server; None for a local store."""
+    from sonotune.team import is_server
+
+    uri = uri or tracking_uri()
+    return ServerWatch(uri).start() if is_server(uri) else None

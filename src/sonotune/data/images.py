@@ -2,11 +2,17 @@
 
 Greyscale, palette, RGBA and 16-bit images all become RGB uint8. Resize policy: `stretch` (ignore the aspect
 ratio, as Keras' loaders do) or `pad` (letterbox to square with black, then resize).
+
+Decode limit: an image of more than `MAX_PIXELS` pixels is refused when its header is read, before any pixel is
+decoded (a 190 KB PNG can declare 13000×13000 px, 0.5 GB once decoded), so `prepare` excludes it with its size as
+the reason and `predict` skips it. Pillow's own DecompressionBombWarning (raw, with its install path) is silenced:
+the limit is this one.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +21,11 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from sonotune.errors import DataError
+
+MAX_PIXELS = 50_000_000  # 7071 px square; ultrasound frames are under 1 Mpx, the largest scans ~20 Mpx
+# Pillow warns above MAX_IMAGE_PIXELS and raises DecompressionBombError above twice that: raise at MAX_PIXELS
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def to_rgb_uint8(image: Image.Image) -> Image.Image:
@@ -36,7 +47,7 @@ def load_square(path: Path, size: int, resize: str = "stretch") -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             rgb = to_rgb_uint8(image)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from None
     return square(rgb, size, resize)
 

@@ -33,12 +33,24 @@ def load_prepared(dataset: str, size: int, root: Path = PREPARED_ROOT):
     if not (folder / "manifest.csv").is_file():
         raise DataError(f"{folder / 'manifest.csv'}: not found; run `sonotune prepare --dataset {dataset}` first")
     full = read_manifest(folder / "manifest.csv")
-    key = json.loads((folder / "cache.json").read_text())
-    if key["digest"] != manifest_digest(full) or size not in key["sizes"]:
+    rerun = f"rerun `sonotune prepare --dataset {dataset}` (or `dvc checkout prepared/{dataset}`)"
+    try:
+        key = json.loads((folder / "cache.json").read_text())
+        digest, sizes = key["digest"], key["sizes"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{folder / 'cache.json'}: missing or damaged ({type(exc).__name__}); {rerun}") from None
+    if digest != manifest_digest(full) or size not in sizes:
         raise DataError(f"{image_array_path(dataset, size, root)}: image cache does not match the manifest "
-                        f"(or has no {size} px arrays); rerun `sonotune prepare --dataset {dataset}`")
+                        f"(or has no {size} px arrays); {rerun}")
     manifest = included(full)
-    images = np.load(image_array_path(dataset, size, root), mmap_mode="r")
+    try:
+        images = np.load(image_array_path(dataset, size, root), mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{image_array_path(dataset, size, root)}: missing or damaged "
+                        f"({getattr(exc, 'strerror', None) or exc}); {rerun}") from None
+    if images.shape[:1] != (len(manifest),):
+        raise DataError(f"{image_array_path(dataset, size, root)}: holds {images.shape[0]} images, the manifest "
+                        f"{len(manifest)}; {rerun}")
     return manifest, images
 
 

@@ -15,6 +15,10 @@ The image arrays are the decoded image cache: each image is decoded, made RGB an
 size, and the arrays are keyed by (dataset, size, resize policy, manifest digest) in cache.json, so
 `data.prepared.load_prepared` refuses arrays that do not belong to the manifest beside them and no epoch
 decodes a file.
+
+What the stage leaves out is said, never silent: `exclusion_summary` counts the excluded images by reason and
+names the report that lists them; `unread_images` names the images a `folder`/`mendeley` source never reads
+(sub-folders of a class folder, class folders missing from `classes:`).
 """
 
 from __future__ import annotations
@@ -32,14 +36,43 @@ from sonotune.data.data_report import data_report
 from sonotune.data.manifest import build_manifest, check_study_ready, first_problem, included
 from sonotune.data.prepared import PREPARED_ROOT, image_array_path
 from sonotune.data.sources import collect_records
-from sonotune.errors import DataError
+from sonotune.errors import DataError, require_writable
 from sonotune.layout import staged_dir
 from sonotune.models.backbones import get_spec
+from sonotune.vocabulary import IMAGE_SUFFIXES
 
 
 def input_sizes(params: Params) -> list[int]:
     """Every square input side the study's backbones need."""
     return sorted({params.finetune.input_size or get_spec(name).native_size for name in params.study.backbones})
+
+
+def exclusion_summary(report: dict, dataset: str, root: Path = PREPARED_ROOT) -> str:
+    """`N excluded (reason n, …): see <report> "excluded"` — or `0 excluded`."""
+    if not report["n_excluded"]:
+        return "0 excluded"
+    reasons = ", ".join(f"{kind} {n}" for kind, n in report["excluded_by_reason"].items())
+    return f"{report['n_excluded']} excluded ({reasons}; each with its reason under \"excluded\" in {root / dataset}.json)"
+
+
+def unread_images(source) -> str:
+    """What a `folder`/`mendeley` source does not read (images in sub-folders of a class folder, class folders
+    not listed in `classes:`), as one sentence; "" when nothing is left out or the kind reads everything."""
+    if source.kind not in ("folder", "mendeley") or not Path(source.root).is_dir():
+        return ""
+    root = Path(source.root)
+    listed = {root / name for name in source.classes}
+    left_out: dict[str, int] = {}
+    for path in sorted(root.rglob("*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+        if path.is_file() and not hidden and path.suffix.lower() in IMAGE_SUFFIXES and path.parent not in listed:
+            folder = path.parent.relative_to(root).as_posix() + "/"
+            left_out[folder] = left_out.get(folder, 0) + 1
+    if not left_out:
+        return ""
+    where = ", ".join(f"{folder} ({n})" for folder, n in left_out.items())
+    return (f"{sum(left_out.values())} images under {root} are not read: only the files directly inside the "
+            f"class folders listed in `classes:` ({', '.join(sorted(source.classes))}) are: {where}")
 
 
 def scan_dataset(source, work_dir: Path, seed: int, near_distance: int | None = 6, label_conflicts: str = "exclude",
@@ -69,6 +102,7 @@ def prepare_dataset(params: Params, dataset: str, root: Path = PREPARED_ROOT, st
     if dataset not in params.datasets:
         raise DataError(f"datasets.{dataset}: not defined in params (defined: {', '.join(sorted(params.datasets))})")
     source = params.datasets[dataset]
+    require_writable(root, "the prepared dataset")
     target = root / dataset
     with staged_dir(target) as staging:
         protocol = rules(params.protocol)

@@ -1,0 +1,699 @@
+"""The fault suite: every bad input and fault a user can meet, run against the real `sonotune` command line,
+`dvc repro` and a real MLflow server on 127.0.0.1. Each case asserts the one line (no traceback), the exit status,
+and that nothing was lost or left half-written (no MLflow run RUNNING, no staging folder, user data intact),
+and records a row of docs/failures.md (tests/faults.py); the last test checks that file is what the suite
+produced. One tiny prepared repo (phantom, 32 px, 2 folds, 1 epoch) is shared; a case that damages something
+works on its own copy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tests.faults import (
+    DOC, ROWS, SECONDS, call, digest_tree, error_line, half_written, local_statuses, record, render, run_statuses,
+    running,
+)
+from tests.servers import free_port, live_pids_in_group, mlflow_server, wait_healthy
+from tests.workspace import BIN, copy_repo, project_env, run, tiny_params
+
+SONOTUNE = str(BIN / "sonotune")
+CONFIG = ["--dataset", "phantom", "--backbone", "vgg16", "--strategy", "0"]
+STORE = Path(".sonotune/resume/phantom/vgg16/0/mlp")
+PASSWORD = "s3cret-pw"
+
+
+def params() -> dict:
+    return tiny_params(**{
+        "study.strategies": [0], "cv.n_splits": 2, "finetune.epochs": 1, "gradcam.study_images": 0,
+        "datasets.phantom.n_benign": 12, "datasets.phantom.n_malignant": 8, "datasets.phantom.image_size": 32,
+    })
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """The shared repo, prepared once; never damaged (cases copy it)."""
+    repo = copy_repo(tmp_path_factory.mktemp("base") / "repo", params())
+    run([SONOTUNE, "prepare", "--dataset", "phantom"], repo)
+    return repo
+
+
+@pytest.fixture
+def repo(base, tmp_path) -> Path:
+    """A private copy of the prepared repo."""
+    copy = tmp_path / "repo"
+    shutil.copytree(base, copy, symlinks=True)
+    return copy
+
+
+def sonotune(repo: Path, *args: str, env: dict | None = None):
+    return call([SONOTUNE, *args], repo, env)
+
+
+def set_params(repo: Path, **changes) -> None:
+    data = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def assert_nothing_left(repo: Path) -> None:
+    assert half_written(repo) == []
+    assert running(local_statuses(repo)) == []
+
+
+# ---------------------------------------------------------------------------------------------------- params
+
+
+BAD_PARAMS = {
+    # case: (fault, params.yaml text edit or None for a missing file, expected words in the line)
+    "params-missing": ("params file missing", None, "nope.yaml"),
+    "params-not-yaml": ("params.yaml is not YAML", "seed: [42\n", "params.yaml"),
+    "params-unknown-key": ("unknown key", {"finetune.epoch": 3}, "finetune.epoch"),
+    "params-wrong-type": ("wrong type", {"finetune.epochs": "five"}, "finetune.epochs"),
+    "params-out-of-range": ("value out of range", {"cv.n_splits": 1}, "cv.n_splits"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PARAMS))
+def test_bad_params_are_one_line_before_anything_runs(repo, case):
+    fault, edit, named = BAD_PARAMS[case]
+    before = digest_tree(repo / "prepared")
+    args = ["finetune", *CONFIG]
+    if edit is None:
+        args += ["--params", "nope.yaml"]
+    elif isinstance(edit, str):
+        (repo / "params.yaml").write_text(edit)
+    else:
+        set_params(repo, **edit)
+    result = sonotune(repo, *args)
+    line = error_line(result, "finetune")
+    assert result.returncode == 2 and named in line
+    assert digest_tree(repo / "prepared") == before and not (repo / "mlruns").exists() and not (repo / "runs").exists()
+    record(case, fault, result, line, "everything; no run, no output", repo)
+
+
+STAGE_ARGS = {
+    # case: (fault, command line, words the line must hold)
+    "dataset-undefined-finetune": ("`--dataset` not defined in params",
+                                   ["finetune", "--dataset", "nope", "--backbone", "vgg16", "--strategy", "0"],
+                                   "not defined under `datasets:`"),
+    "dataset-undefined-svm": ("`--dataset` not defined in params",
+                              ["svm", "--dataset", "nope", "--backbone", "vgg16", "--strategy", "0"],
+                              "not defined under `datasets:`"),
+    "dataset-undefined-prepare": ("`--dataset` not defined in params", ["prepare", "--dataset", "nope"],
+                                  "not defined in params"),
+    "strategy-not-in-table": ("`--strategy 33` (not one of the paper's)",
+                              ["finetune", "--dataset", "phantom", "--backbone", "vgg16", "--strategy", "33"],
+                              "expected one of 0, 15, 25, 50, 75, 85, 100"),
+    "backbone-unknown": ("`--backbone` unknown",
+                         ["finetune", "--dataset", "phantom", "--backbone", "vgg17", "--strategy", "0"], "vgg17"),
+    "svm-before-finetune": ("svm run before its finetune stage", ["svm", *CONFIG], "run the finetune stage first"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STAGE_ARGS))
+def test_bad_stage_arguments_stop_before_any_run_or_resume_folder(repo, case):
+    fault, args, named = STAGE_ARGS[case]
+    result = sonotune(repo, *args)
+    line = error_line(result, args[0])
+    assert result.returncode == 2 and named in line
+    assert local_statuses(repo) == [] and not (repo / ".sonotune").exists()
+    record(case, fault, result, line, "everything; no MLflow run, no resume folder", repo)
+
+
+def test_not_prepared_points_at_prepare(repo):
+    shutil.rmtree(repo / "prepared")
+    result = sonotune(repo, "finetune", *CONFIG)
+    line = error_line(result, "finetune")
+    assert result.returncode == 2 and "sonotune prepare --dataset phantom" in line
+    assert local_statuses(repo) == []
+    record("not-prepared", "finetune before `prepare`", result, line, "everything; no run", repo)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def noise_png(path: Path, seed: int, size: int = 32) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
+    Image.fromarray(pixels, mode="L").save(path)
+
+
+def folder_set(repo: Path, per_class: int = 4, classes=("benign", "malignant")) -> Path:
+    root = repo / "data" / "bad"
+    for k, name in enumerate(classes):
+        for i in range(per_class):
+            noise_png(root / name / f"{name}{i}.png", 100 * k + i)
+    set_params(repo, **{"datasets.bad": {"kind": "folder", "root": "data/bad",
+                                         "classes": {"benign": "benign", "malignant": "malignant"}}})
+    return root
+
+
+def prepare_bad(repo: Path, *extra: str):
+    before = digest_tree(repo / "data")
+    result = sonotune(repo, "prepare", "--dataset", "bad", *extra)
+    assert digest_tree(repo / "data") == before, "prepare changed the user's data"
+    assert half_written(repo) == []
+    return result
+
+
+BAD_DATASETS = {
+    # case: (fault, damage(root), words of the line)
+    "data-root-missing": ("dataset root missing", lambda root: shutil.rmtree(root), "not found"),
+    "data-class-folder-empty": ("a class folder without images",
+                                lambda root: [p.unlink() for p in (root / "malignant").iterdir()], "no images"),
+    "data-class-folder-missing": ("a listed class folder missing",
+                                  lambda root: shutil.rmtree(root / "malignant"), "class folder not found"),
+    "data-too-few-groups": ("fewer images in a class than folds",
+                            lambda root: [p.unlink() for p in sorted((root / "malignant").iterdir())[1:]],
+                            "malignant"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATASETS))
+def test_bad_datasets_are_one_line_and_keep_the_previous_output(repo, case):
+    fault, damage, named = BAD_DATASETS[case]
+    root = folder_set(repo)
+    assert prepare_bad(repo).returncode == 0
+    previous = digest_tree(repo / "prepared" / "bad")
+    damage(root)
+    result = prepare_bad(repo)
+    line = error_line(result, "prepare")
+    assert result.returncode == 2 and named in line
+    assert digest_tree(repo / "prepared" / "bad") == previous
+    record(case, fault, result, line, "the data and the previous prepared/bad/", repo)
+
+
+EXCLUDED = {
+    # case: (fault, damage(root), reason kind in the summary)
+    "image-corrupt": ("a corrupt image", lambda root: (root / "benign" / "benign0.png").write_bytes(b"\x89PNG junk"),
+                      "corrupt image"),
+    "image-truncated": ("a truncated image", lambda root: (root / "benign" / "benign1.png").write_bytes(
+        (root / "benign" / "benign1.png").read_bytes()[:60]), "corrupt image"),
+    "file-not-an-image": ("a non-image file in a class folder",
+                          lambda root: (root / "benign" / "notes.txt").write_text("hello"), "not an image"),
+    "image-over-decode-limit": ("a 7200×7200 px image (over the 50 Mpx decode limit)",
+                                lambda root: Image.new("L", (7200, 7200), 128).save(root / "benign" / "huge.png"),
+                                "corrupt image"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXCLUDED))
+def test_bad_images_are_excluded_with_the_reason_and_where_to_look(repo, case):
+    fault, damage, kind = EXCLUDED[case]
+    damage(folder_set(repo))
+    result = prepare_bad(repo)
+    assert result.returncode == 0, result.output
+    assert "Traceback" not in result.output and "DecompressionBomb" not in result.output
+    assert "site-packages" not in result.output, "a raw library warning (with its install path) reached the user"
+    line = next(line for line in result.stdout.splitlines() if line.startswith("bad: "))
+    assert f"1 excluded ({kind} 1;" in line and "prepared/bad.json" in line
+    report = (repo / "prepared" / "bad.json").read_text()
+    if case == "image-over-decode-limit":
+        assert "huge.png" in report and "exceeds limit of 50000000 pixels" in report
+    record(case, fault, result, line.split(", digest")[0], "the data; the other images prepared", repo)
+
+
+def test_strict_stops_at_the_first_bad_image(repo):
+    root = folder_set(repo)
+    (root / "benign" / "benign0.png").write_bytes(b"junk")
+    result = prepare_bad(repo, "--strict")
+    line = error_line(result, "prepare")
+    assert result.returncode == 2 and "benign0.png" in line and not (repo / "prepared" / "bad").exists()
+    record("image-corrupt-strict", "a corrupt image under `--strict`", result, line, "the data; nothing written",
+           repo)
+
+
+UNREAD = {
+    "images-in-subfolder": ("images in a sub-folder of a class folder (`benign/patient7/*.png`)",
+                            lambda root: [noise_png(root / "benign" / "patient7" / f"p{i}.png", 900 + i)
+                                          for i in range(3)], "benign/patient7/ (3)"),
+    "class-folder-not-listed": ("a class folder not listed in `classes:`",
+                                lambda root: [noise_png(root / "atypical" / f"a{i}.png", 800 + i) for i in range(2)],
+                                "atypical/ (2)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREAD))
+def test_images_a_folder_source_does_not_read_are_named(repo, case):
+    fault, add, named = UNREAD[case]
+    add(folder_set(repo))
+    result = prepare_bad(repo)
+    assert result.returncode == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sonotune prepare: warning: ")]
+    assert len(lines) == 1 and named in lines[0] and "classes:" in lines[0]
+    record(case, fault, result, lines[0], "the data; the listed class folders prepared", repo)
+
+
+def test_csv_path_outside_its_root(repo):
+    root = folder_set(repo)
+    rows = [f"{p.relative_to(root).as_posix()},{p.parent.name}" for p in sorted(root.rglob("*.png"))]
+    (root / "manifest.csv").write_text("path,label\n../../params.yaml,benign\n" + "\n".join(rows) + "\n")
+    set_params(repo, **{"datasets.bad": {"kind": "csv", "manifest": "data/bad/manifest.csv"}})
+    result = prepare_bad(repo)
+    assert "Traceback" not in result.output
+    if result.returncode == 0:  # excluded with its reason
+        line = next(line for line in result.stdout.splitlines() if line.startswith("bad: "))
+        assert "1 excluded" in line
+        line = line.split(", digest")[0]
+    else:
+        line = error_line(result, "prepare")
+        assert result.returncode == 2 and "params.yaml" in line
+    record("csv-path-outside-root", "a CSV manifest row pointing outside its root", result, line,
+           "the data; the rows inside the root", repo)
+
+
+# ---------------------------------------------------------------------------------------------------- stores
+
+
+def read_only(path: Path) -> None:
+    """Make a folder unwritable, also for root (the immutable attribute)."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+    else:
+        path.chmod(0o555)
+
+
+def writable(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+    else:
+        path.chmod(0o755)
+
+
+@pytest.fixture
+def locked(repo):
+    """Folders a case made read-only, made writable again afterwards (so pytest can delete them)."""
+    folders: list[Path] = []
+    yield folders
+    for folder in folders:
+        writable(folder)
+
+
+UNWRITABLE = {
+    # case: (fault, folder made read-only, command, words of the line)
+    "runs-unwritable": ("`runs/` not writable", "runs", ["finetune", *CONFIG], "runs/phantom/vgg16/0/"),
+    "resume-store-unwritable": ("`.sonotune/` (resume store) not writable", ".sonotune", ["finetune", *CONFIG],
+                                ".sonotune/resume/"),
+    "mlruns-read-only": ("`mlruns/` read-only", "mlruns", ["finetune", *CONFIG], "mlruns/"),
+    "prepared-unwritable": ("`prepared/` not writable", "prepared", ["prepare", "--dataset", "phantom"],
+                            "prepared/"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNWRITABLE))
+def test_unwritable_outputs_and_stores_are_found_before_training(repo, locked, case):
+    fault, folder, args, named = UNWRITABLE[case]
+    (repo / folder).mkdir(exist_ok=True)
+    before = digest_tree(repo / "prepared")
+    read_only(repo / folder)
+    locked.append(repo / folder)
+    result = sonotune(repo, *args)
+    line = error_line(result, args[0])
+    assert result.returncode == 2 and named in line and "cannot write" in line
+    assert result.seconds < 30, "the check must come before any training"
+    assert digest_tree(repo / "prepared") == before
+    record(case, fault, result, line, "everything; nothing trained", repo)
+
+
+def broken_store(repo: Path, how: str) -> None:
+    db = repo / "mlruns" / "mlflow.db"
+    db.parent.mkdir(exist_ok=True)
+    if how == "garbage":
+        db.write_bytes(b"this is not a database" * 100)
+    elif how == "empty":
+        db.write_bytes(b"")
+    else:  # a SQLite file cut short
+        import sqlite3
+
+        with sqlite3.connect(db) as connection:
+            connection.execute("CREATE TABLE runs (run_uuid TEXT, status TEXT)")
+            connection.executemany("INSERT INTO runs VALUES (?, ?)", [(str(i) * 20, "FINISHED") for i in range(3000)])
+        db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+
+
+STORES = {
+    "mlflow-db-garbage": ("`mlruns/mlflow.db` is not a database", "garbage", "not a readable MLflow store"),
+    "mlflow-db-truncated": ("`mlruns/mlflow.db` truncated", "truncated", "not a readable MLflow store"),
+    "mlflow-db-emptied": ("`mlruns/mlflow.db` emptied (0 bytes)", "empty", "empty file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STORES))
+def test_a_damaged_local_store_is_refused_not_recreated(repo, case):
+    fault, how, named = STORES[case]
+    broken_store(repo, how)
+    before = (repo / "mlruns" / "mlflow.db").read_bytes()
+    result = sonotune(repo, "finetune", *CONFIG)
+    line = error_line(result, "finetune")
+    assert result.returncode == 2 and named in line and "mlruns/mlflow.db" in line
+    assert (repo / "mlruns" / "mlflow.db").read_bytes() == before, "the store must be left for the user to restore"
+    record(case, fault, result, line, "the damaged file untouched (to restore); nothing trained", repo)
+
+
+CACHES = {
+    "cache-npy-missing": ("prepared image array missing", lambda d: (d / "images_32.npy").unlink(), "images_32.npy"),
+    "cache-npy-truncated": ("prepared image array truncated",
+                            lambda d: (d / "images_32.npy").write_bytes((d / "images_32.npy").read_bytes()[:5000]),
+                            "images_32.npy"),
+    "cache-json-missing": ("prepared `cache.json` missing", lambda d: (d / "cache.json").unlink(), "cache.json"),
+    "cache-json-truncated": ("prepared `cache.json` truncated",
+                             lambda d: (d / "cache.json").write_text((d / "cache.json").read_text()[:20]),
+                             "cache.json"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CACHES))
+def test_a_partial_prepared_cache_is_one_line(repo, case):
+    fault, damage, named = CACHES[case]
+    damage(repo / "prepared" / "phantom")
+    result = sonotune(repo, "finetune", *CONFIG)
+    line = error_line(result, "finetune")
+    assert result.returncode == 2 and named in line and "sonotune prepare --dataset phantom" in line
+    assert_nothing_left(repo)
+    record(case, fault, result, line, "everything else; no run", repo)
+
+
+# ---------------------------------------------------------------------------------------------------- signals
+
+
+def start_finetune(repo: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([SONOTUNE, "finetune", *CONFIG], cwd=repo, env=env or project_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_fold_0(repo: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    marker = repo / STORE / "fold_0.json"
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert process.poll() is None, f"finetune exited ({process.returncode}):\n{process.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, "fold 0 was not persisted in time"
+        time.sleep(0.1)
+
+
+SIGNALS = {
+    "sigterm-mid-stage": ("SIGTERM mid-stage (a scheduler, `dvc queue kill`)", signal.SIGTERM, 143),
+    "ctrl-c-mid-stage": ("Ctrl-C (SIGINT) mid-stage", signal.SIGINT, 130),
+    "kill-9-mid-stage": ("`kill -9` mid-stage", signal.SIGKILL, -9),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIGNALS))
+def test_a_signal_ends_the_stage_like_an_error_and_the_rerun_resumes(repo, case):
+    fault, sig, status = SIGNALS[case]
+    process = start_finetune(repo)
+    wait_for_fold_0(repo, process)
+    sent = time.monotonic()
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    seconds = time.monotonic() - sent
+    assert process.returncode == status, stderr[-3000:]
+    statuses = local_statuses(repo)
+    if sig == signal.SIGKILL:
+        line = "(none: the process is killed)"
+        assert running(statuses), "a killed stage cannot close its runs; the rerun must"
+    else:
+        from tests.faults import Result
+
+        line = error_line(Result([], process.returncode, stdout, stderr, seconds), "finetune")
+        assert f"interrupted by {signal.Signals(sig).name}" in line
+        parents = [status for _, status, parent in statuses if parent == ""]
+        assert running(statuses) == [] and parents == ["FAILED"], statuses  # fold 0's run FINISHED: it is kept
+    assert half_written(repo) == [] and (repo / STORE / "fold_0.json").exists()
+
+    rerun = sonotune(repo, "finetune", *CONFIG)
+    assert rerun.returncode == 0, rerun.output[-3000:]
+    assert "resuming, folds [0] already done" in rerun.stdout
+    statuses = local_statuses(repo)
+    parents = [s for s in statuses if s[2] == ""]
+    assert running(statuses) == [] and [s for _, s, _ in parents] == ["FINISHED"], statuses
+    assert not (repo / STORE).exists() and (repo / "runs/phantom/vgg16/0/mlp_metrics.json").is_file()
+    record(case, fault, None, line, "fold 0 (the rerun trains only fold 1, into the same parent run); "
+           "runs FAILED, none RUNNING after the rerun", repo, command="sonotune finetune …", seconds=seconds)
+    ROWS[case].status = str(status)
+
+
+# ---------------------------------------------------------------------------------------------------- tracking
+
+
+def server_env(uri: str) -> dict:
+    return project_env(MLFLOW_TRACKING_URI=uri)
+
+
+def with_password(uri: str) -> str:
+    return uri.replace("http://", f"http://alice:{PASSWORD}@")
+
+
+SERVER_DOWN = {
+    "server-down-finetune": ["finetune", *CONFIG],
+    "server-down-svm": ["svm", *CONFIG],
+    "server-down-report": ["report"],
+    "server-down-deploy": ["deploy", *CONFIG],
+}
+
+
+@pytest.mark.parametrize("case", sorted(SERVER_DOWN))
+def test_a_server_down_at_start_is_one_line_naming_it_masked(repo, case):
+    uri = with_password(f"http://127.0.0.1:{free_port()}")
+    args = SERVER_DOWN[case]
+    result = sonotune(repo, *args, env=server_env(uri))
+    line = error_line(result, args[0])
+    assert result.returncode == 2 and "alice:***@127.0.0.1" in line and PASSWORD not in result.output
+    assert_nothing_left(repo)
+    record(case, f"tracking server down at start (`{args[0]}`)", result, line, "everything; nothing trained", repo)
+
+
+def test_queue_without_a_server(repo):
+    result = sonotune(repo, "queue")
+    line = error_line(result, "queue")
+    assert result.returncode == 2 and "not a tracking server" in line
+    record("queue-without-server", "`sonotune queue` without a tracking server", result, line,
+           "everything; nothing queued", repo)
+
+
+def _start_server(store: Path, port: int) -> subprocess.Popen:
+    store.mkdir(parents=True, exist_ok=True)
+    with (store / "server.log").open("a") as log:
+        process = subprocess.Popen([SONOTUNE, "server", "--store", str(store), "--port", str(port)], stdout=log,
+                                   stderr=subprocess.STDOUT, env=project_env(), start_new_session=True)
+    wait_healthy(f"http://127.0.0.1:{port}", process, store / "server.log")
+    return process
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while live_pids_in_group(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not live_pids_in_group(process.pid)
+
+
+def test_a_server_lost_mid_stage_ends_it_within_a_minute_and_the_rerun_resumes(repo, tmp_path):
+    store, port = tmp_path / "store", free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = server_env(with_password(uri))
+    server = _start_server(store, port)
+    try:
+        process = start_finetune(repo, env)
+        wait_for_fold_0(repo, process)
+        _kill_group(server)
+        lost = time.monotonic()
+        stdout, stderr = process.communicate(timeout=300)
+        seconds = time.monotonic() - lost
+    finally:
+        if server.poll() is None:
+            _kill_group(server)
+    from tests.faults import Result
+
+    result = Result([], process.returncode, stdout, stderr, seconds)
+    line = error_line(result, "finetune")
+    assert process.returncode == 2 and "alice:***@127.0.0.1" in line and "lost mid-stage" in line
+    assert PASSWORD not in result.output and "alice:***@" in stdout, "MLflow's run links must be printed masked"
+    assert (repo / STORE / "fold_0.json").exists() and half_written(repo) == []
+    record("server-lost-mid-stage", "tracking server lost mid-stage (killed after fold 0)", result, line,
+           "fold 0; the rerun with the server back resumes into the same parent, killed attempt FAILED",
+           repo, command="sonotune finetune …", seconds=seconds)
+
+    with mlflow_server(store, port=port):
+        rerun = sonotune(repo, "finetune", *CONFIG, env=env)
+        assert rerun.returncode == 0, rerun.output[-3000:]
+        assert "resuming, folds [0] already done" in rerun.stdout
+        assert PASSWORD not in rerun.output and "alice:***@" in rerun.stdout
+        statuses = run_statuses(uri)
+        parents = [s for s in statuses if s[2] == ""]
+        assert running(statuses) == [] and [s for _, s, _ in parents] == ["FINISHED"], statuses
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        run_ = client.get_run(client.search_runs([client.get_experiment_by_name("sonotune-phantom")
+                                                  .experiment_id])[0].info.run_id)
+        assert PASSWORD not in str(run_.data.params) + str(run_.data.tags)
+    stored = "".join(p.read_text(errors="ignore") for p in store.rglob("*.log"))
+    assert PASSWORD not in stored
+    ROWS["server-lost-mid-stage"].kept += "; the password is never printed (MLflow's links show `alice:***@`)"
+
+
+def test_the_server_watch_interrupts_a_long_step_when_the_server_goes_away():
+    """A fold may not call MLflow for many minutes: the watch asks /health itself and interrupts the main thread
+    (a real refused connection; the main thread stands for a training loop of short steps)."""
+    from sonotune.tracking import LOST, ServerWatch
+
+    watch = ServerWatch(f"http://127.0.0.1:{free_port()}", interval=0.3, failures=2).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        while time.monotonic() - started < 30:
+            time.sleep(0.01)
+    watch.stop()
+    assert watch.lost == LOST and time.monotonic() - started < 5
+    assert "lost mid-stage (connection refused or lost)" in watch.line()
+
+
+def test_server_on_a_port_in_use_fails(repo):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = sonotune(repo, "server", "--store", "store", "--port", str(port))
+    line = error_line(result, "server")
+    assert result.returncode == 2 and "cannot listen" in line and "MLflow tracking server on" not in result.stdout
+    record("server-port-in-use", "`sonotune server` on a port in use", result, line, "everything", repo)
+
+
+def test_promote_an_unknown_model(repo):
+    result = sonotune(repo, "promote", "sonotune-nope")
+    line = error_line(result, "promote")
+    assert result.returncode == 2 and "sonotune-nope" in line
+    record("promote-unknown-model", "`sonotune promote` of a model never deployed", result, line, "everything",
+           repo)
+
+
+def test_promote_without_a_version_and_predict_an_unreadable_image(repo, tmp_path):
+    for args in (["finetune", *CONFIG], ["deploy", *CONFIG]):
+        done = sonotune(repo, *args)
+        assert done.returncode == 0, done.output[-3000:]
+    result = sonotune(repo, "promote", "sonotune-phantom")
+    assert result.returncode == 0 and "Traceback" not in result.output, result.output[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert line == "models:/sonotune-phantom@champion -> version 1"
+    record("promote-without-version", "`sonotune promote NAME` without a version (picks the best CV AUC)", result,
+           line, "the registry; only the alias moves", repo)
+
+    (tmp_path / "garbage.png").write_bytes(b"not a png")
+    noise_png(tmp_path / "good.png", 3)
+    out = tmp_path / "predictions.csv"
+    result = sonotune(repo, "predict", "models:/sonotune-phantom@champion", str(tmp_path / "good.png"),
+                      str(tmp_path / "garbage.png"), "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.output, result.output[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sonotune predict: skipped ")]
+    assert len(lines) == 1 and "garbage.png" in lines[0]
+    assert len(out.read_text().splitlines()) == 2  # header + the readable image
+    record("predict-unreadable-image", "`sonotune predict` given an unreadable image among good ones", result,
+           lines[0], "the predictions of the readable images (CSV written)", repo)
+    assert running(local_statuses(repo)) == []
+
+
+def test_predict_with_a_model_that_does_not_exist(repo, tmp_path):
+    noise_png(tmp_path / "x.png", 1)
+    result = sonotune(repo, "predict", "models:/sonotune-nope@champion", str(tmp_path / "x.png"))
+    line = error_line(result, "predict")
+    assert result.returncode == 2 and "sonotune-nope" in line
+    record("predict-unknown-model", "`sonotune predict` with a model URI that does not exist", result, line,
+           "everything; no CSV written", repo)
+
+
+# ---------------------------------------------------------------------------------------------------- DVC
+
+
+def test_a_fresh_clone_never_lets_dvc_delete_the_users_data(tmp_path):
+    clone = copy_repo(tmp_path / "repo", params())
+    data = folder_set(clone)
+    before = digest_tree(data)
+    status = call(["dvc", "status"], clone)
+    assert status.returncode == 0 and "data.dvc" not in status.output and "data:" not in status.output
+    checkout = call(["dvc", "checkout", "--force"], clone)
+    assert digest_tree(data) == before, "dvc checkout --force deleted user data"
+    # a fresh clone has computed none of the pipeline's outputs: DVC says so, and leaves data/ alone
+    errors = [line for line in checkout.stderr.splitlines() if line.startswith("ERROR")]
+    line = (errors or ["(nothing to check out)"])[0] + " (the pipeline's outputs, none computed yet)"
+    record("dvc-checkout-force-fresh-clone", "`dvc checkout --force` on a fresh clone with data in `data/`", checkout,
+           line, "`data/` (no `data.dvc` ships: `dvc add data` creates yours); `dvc status` names no data", clone,
+           command="dvc checkout --force")
+
+
+def test_two_dvc_repro_at_once_and_a_failed_repro_lose_nothing(repo):
+    data = folder_set(repo)
+    before = digest_tree(data)
+    first = subprocess.Popen(["dvc", "repro", "finetune@phantom-vgg16-0"], cwd=repo, env=project_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (repo / STORE / "state.json").exists():  # the first is training: it holds DVC's lock for a while
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.1)
+    second = call(["dvc", "repro", "finetune@phantom-vgg16-0"], repo)
+    first.communicate(timeout=600)
+    assert first.returncode == 0 and second.returncode != 0, second.output
+    line = next(line for line in second.stderr.splitlines() if line.startswith("ERROR"))
+    assert "is busy, it is being blocked by" in line or "Unable to acquire lock" in line, second.output
+    line = re.sub(r"'[^']*' is busy", "'<an output>' is busy", line.split(". Check the page")[0])
+    record("two-dvc-repro-at-once", "two `dvc repro` at once", second, line,
+           "the first run's outputs; the second changes nothing", repo)
+
+    prepared = digest_tree(repo / "prepared" / "phantom")
+    set_params(repo, **{"datasets.phantom.n_benign": -1})
+    failed = call(["dvc", "repro", "prepare@phantom"], repo)
+    assert failed.returncode != 0 and "Traceback" not in failed.output
+    line = next(line for line in failed.stderr.splitlines() if line.startswith("sonotune prepare: error: "))
+    assert "n_benign" in line
+    assert digest_tree(data) == before
+    call(["dvc", "checkout", "--force"], repo)
+    assert digest_tree(data) == before and digest_tree(repo / "prepared" / "phantom") == prepared
+    record("dvc-repro-fails", "`dvc repro` stopped by a bad param", failed, line,
+           "`data/`; the last good `prepared/phantom` (`dvc checkout --force` restores it, and keeps `data/`)", repo,
+           command="dvc repro prepare@phantom")
+
+
+# ---------------------------------------------------------------------------------------------------- the table
+
+
+CASES = (
+    sorted(BAD_PARAMS) + sorted(STAGE_ARGS) + ["not-prepared"] + sorted(BAD_DATASETS) + sorted(EXCLUDED)
+    + ["image-corrupt-strict"] + sorted(UNREAD) + ["csv-path-outside-root"] + sorted(UNWRITABLE) + sorted(STORES)
+    + sorted(CACHES) + sorted(SIGNALS) + sorted(SERVER_DOWN) + ["queue-without-server", "server-lost-mid-stage",
+                                                                 "server-port-in-use", "promote-unknown-model",
+                                                                 "promote-without-version",
+                                                                 "predict-unreadable-image",
+                                                                 "predict-unknown-model",
+                                                                 "dvc-checkout-force-fresh-clone",
+                                                                 "two-dvc-repro-at-once", "dvc-repro-fails"]
+)
+
+
+def test_docs_failures_md_is_what_the_suite_produced():
+    """Runs last: docs/failures.md must equal the table of the cases above (regenerate: SONOTUNE_WRITE_FAILURES=1)."""
+    missing = [case for case in CASES if case not in ROWS]
+    if missing:
+        pytest.skip(f"only part of the fault suite ran ({len(missing)} cases missing): run the whole file")
+    times = ", ".join(f"{case} {SECONDS[case]:.1f}s" for case in sorted(SECONDS, key=SECONDS.get, reverse=True))
+    print(f"\n{len(CASES)} cases; time to surface, slowest first: {times}")
+    text = render(list(CASES))
+    if os.environ.get("SONOTUNE_WRITE_FAILURES"):
+        DOC.write_text(text)
+    assert DOC.read_text() == text, "docs/failures.md is stale: SONOTUNE_WRITE_FAILURES=1 pytest tests/test_faults.py"
