@@ -212,7 +212,18 @@ EXCLUDED = {
     "image-over-decode-limit": ("a 7200×7200 px image (over the 50 Mpx decode limit)",
                                 lambda root: Image.new("L", (7200, 7200), 128).save(root / "benign" / "huge.png"),
                                 "corrupt image"),
+    "mask-saved-as-jpeg": ("a segmentation mask saved as JPEG where an image should be",
+                           lambda root: _mask_image().save(root / "benign" / "lesion.jpg", quality=70), "mask"),
+    "mask-downscaled-smoothly": ("a segmentation mask downscaled with smoothing where an image should be",
+                                 lambda root: _mask_image().resize((48, 40), Image.BILINEAR).save(
+                                     root / "benign" / "lesion.png"), "mask"),
 }
+
+
+def _mask_image() -> Image.Image:
+    pixels = np.zeros((120, 144), dtype=np.uint8)
+    pixels[30:80, 40:100] = 255
+    return Image.fromarray(pixels)
 
 
 @pytest.mark.parametrize("case", sorted(EXCLUDED))
@@ -549,6 +560,35 @@ def test_a_server_lost_mid_stage_ends_it_within_a_minute_and_the_rerun_resumes(r
     stored = "".join(p.read_text(errors="ignore") for p in store.rglob("*.log"))
     assert PASSWORD not in stored
     ROWS["server-lost-mid-stage"].kept += "; the password is never printed (MLflow's links show `alice:***@`)"
+
+
+def test_a_server_that_hangs_mid_stage_ends_it_within_a_minute(repo, tmp_path):
+    """A server that still accepts connections but never answers (its process frozen with SIGSTOP) is worse
+    than a dead one: every MLflow call waits out its timeout. The stage still ends within 60 s, in one line."""
+    store, port = tmp_path / "store", free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = server_env(with_password(uri))
+    server = _start_server(store, port)
+    try:
+        process = start_finetune(repo, env)
+        wait_for_fold_0(repo, process)
+        os.killpg(server.pid, signal.SIGSTOP)
+        hung = time.monotonic()
+        stdout, stderr = process.communicate(timeout=300)
+        seconds = time.monotonic() - hung
+    finally:
+        os.killpg(server.pid, signal.SIGCONT)
+        _kill_group(server)
+    from tests.faults import Result
+
+    result = Result([], process.returncode, stdout, stderr, seconds)
+    line = error_line(result, "finetune")
+    assert process.returncode == 2 and "alice:***@127.0.0.1" in line and "mid-stage" in line, result.output[-2000:]
+    assert seconds < 60, f"the stage took {seconds:.0f} s to stop after the server hung"
+    assert PASSWORD not in result.output and (repo / STORE / "fold_0.json").exists() and half_written(repo) == []
+    record("server-hangs-mid-stage", "tracking server hangs mid-stage (process stopped after fold 0)", result, line,
+           "fold 0; rerun the same command with the server back to resume", repo, command="sonotune finetune …",
+           seconds=seconds)
 
 
 def test_the_server_watch_interrupts_a_long_step_when_the_server_goes_away():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -377,8 +378,6 @@ class ServerWatch:
         self._stop.set()
 
     def _watch(self) -> None:
-        import _thread
-
         from sonotune.team import TrackingUnavailable, check_tracking_server
 
         misses = 0
@@ -392,8 +391,16 @@ class ServerWatch:
                     refused = "Connection refused" in str(exc) or "Connection aborted" in str(exc)
                     found = re.search(r"\(([^)]*)\)", str(exc))
                     self.lost = LOST if refused else found.group(1) if found else str(exc)
-                    _thread.interrupt_main()
+                    self._interrupt_main()
                     return
+
+    @staticmethod
+    def _interrupt_main() -> None:
+        """Stop the stage now, even inside an MLflow call waiting on a hung server: later calls (the FAILED
+        marks on the way out) give up at once, and a real SIGINT breaks the socket wait under way (a simulated
+        one would wait for it to time out, up to three × MLFLOW_HTTP_REQUEST_TIMEOUT)."""
+        os.environ.update(MLFLOW_HTTP_REQUEST_TIMEOUT="2", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     def line(self) -> str:
         """The one line of a stage stopped by this watch."""

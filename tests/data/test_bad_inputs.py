@@ -113,6 +113,40 @@ def test_a_mask_where_an_image_should_be(folder_set, capsys):
     assert_one_line_error(capsys, [folder_set, "--strict"], "benign_0_mask.png", "mask")
 
 
+def test_a_mask_saved_as_jpeg_or_smoothed_is_still_a_mask(folder_set, capsys):
+    """JPEG artefacts and the grey edge of a blurred or downscaled mask are not speckle: still excluded."""
+    from PIL import ImageFilter
+
+    mask = np.zeros((120, 144), dtype=np.uint8)
+    mask[30:80, 40:100] = 255
+    Image.fromarray(mask).save(folder_set / "malignant" / "lesion_scan.jpg", quality=70)
+    Image.fromarray(mask).filter(ImageFilter.GaussianBlur(2)).save(folder_set / "malignant" / "blurred.png")
+    Image.fromarray(mask).resize((48, 40), Image.BILINEAR).save(folder_set / "benign" / "small.png")
+    code, out, _ = inspect(capsys, folder_set)
+    reasons = excluded_reasons(out)
+    for name in ("malignant/lesion_scan.jpg", "malignant/blurred.png", "benign/small.png"):
+        assert any(r.startswith(f"{name}: mask: only black and white pixels") for r in reasons), (name, reasons)
+    assert code == 0 and "benign 6, malignant 6" in out  # the real images all stay
+
+
+def test_real_images_are_never_taken_for_masks_and_real_masks_always_are(shared_datasets):
+    """Every image of the shared samples (BUSI, DDTI, Mendeley) passes; every BUSI mask, even as JPEG, fails."""
+    import io
+
+    from sonotune.data.manifest import looks_like_mask
+
+    files = [p for p in shared_datasets.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".bmp")]
+    masks = [p for p in files if "_mask" in p.name]
+    assert masks and len(files) > len(masks)
+    for path in files:
+        grey = Image.open(path).convert("L")
+        assert looks_like_mask(grey) == (path in masks), path
+        if path in masks:
+            buffer = io.BytesIO()
+            grey.save(buffer, "JPEG", quality=75)
+            assert looks_like_mask(Image.open(io.BytesIO(buffer.getvalue()))), path
+
+
 def test_busi_mask_without_its_image(tmp_path, capsys):
     root = tmp_path / "Dataset_BUSI_with_GT"
     for cls in ("benign", "malignant"):
