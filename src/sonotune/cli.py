@@ -46,9 +46,8 @@ def cmd_phantom(args) -> None:
 
 def cmd_prepare(args) -> None:
     from sonotune.config import load_params
-    from sonotune.stages.prepare import prepare_dataset
-
-    from sonotune.stages.prepare import exclusion_summary, unread_images
+    from sonotune.data.sources import unread_images
+    from sonotune.stages.prepare import exclusion_summary, prepare_dataset
 
     params = load_params(args.params)
     report = prepare_dataset(params, args.dataset, strict=args.strict or None)

@@ -232,3 +232,13 @@ def test_detected_layouts(tmp_path, capsys):
     unknown = tmp_path / "flat"
     write_image(unknown / "a.png", 1)
     assert_one_line_error(capsys, [unknown], str(unknown), "cannot tell the dataset kind")
+
+
+def test_inspect_names_the_images_a_folder_source_does_not_read(folder_set, capsys):
+    (folder_set / "benign" / "patient7").mkdir()
+    Image.new("L", (48, 40), 90).save(folder_set / "benign" / "patient7" / "frame1.png")
+    (folder_set / "atypical").mkdir()
+    Image.new("L", (48, 40), 60).save(folder_set / "atypical" / "a.png")
+    code, out, _ = inspect(capsys, folder_set)
+    line = next(line for line in out.splitlines() if line.startswith("not read: "))
+    assert code == 0 and "2 images under" in line and "benign/patient7/ (1)" in line and "atypical/ (1)" in line

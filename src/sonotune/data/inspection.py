@@ -23,7 +23,7 @@ from sonotune.config import DatasetSource
 from sonotune.data.duplicates import closest_pairs, hamming
 from sonotune.data.manifest import build_manifest, check_study_ready, display_names, first_problem
 from sonotune.data.data_report import data_report, format_report
-from sonotune.data.sources import collect_records, detect_kind
+from sonotune.data.sources import collect_records, detect_kind, unread_images
 from sonotune.errors import ConfigError, DataError
 
 KINDS = ("busi", "mendeley", "ddti", "folder", "csv")
@@ -129,4 +129,6 @@ def inspect_dataset(path: Path, kind: str | None = None, manifest_out: str | Non
     if folds:
         check_study_ready(manifest, folds, str(path))
     report = format_report(data_report(manifest), str(path))
+    unread = unread_images(source)
+    report += f"\nnot read: {unread}" if unread else ""
     return report + "\n" + format_audit(grouping_audit(manifest, closest), threshold)

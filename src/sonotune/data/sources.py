@@ -98,3 +98,23 @@ def detect_kind(path: Path) -> str:
             return "mendeley"
         return "folder"
     raise DataError(f"{path}: cannot tell the dataset kind (no class folders, no <case>.xml); pass --kind")
+
+
+def unread_images(source) -> str:
+    """What a `folder`/`mendeley` source does not read (images in sub-folders of a class folder, class folders
+    not listed in `classes:`), as one sentence; "" when nothing is left out or the kind reads everything."""
+    if source.kind not in ("folder", "mendeley") or not Path(source.root).is_dir():
+        return ""
+    root = Path(source.root)
+    listed = {root / name for name in source.classes}
+    left_out: dict[str, int] = {}
+    for path in sorted(root.rglob("*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+        if path.is_file() and not hidden and path.suffix.lower() in IMAGE_SUFFIXES and path.parent not in listed:
+            folder = path.parent.relative_to(root).as_posix() + "/"
+            left_out[folder] = left_out.get(folder, 0) + 1
+    if not left_out:
+        return ""
+    where = ", ".join(f"{folder} ({n})" for folder, n in left_out.items())
+    return (f"{sum(left_out.values())} images under {root} are not read: only the files directly inside the "
+            f"class folders listed in `classes:` ({', '.join(sorted(source.classes))}) are: {where}")

@@ -17,8 +17,8 @@ size, and the arrays are keyed by (dataset, size, resize policy, manifest digest
 decodes a file.
 
 What the stage leaves out is said, never silent: `exclusion_summary` counts the excluded images by reason and
-names the report that lists them; `unread_images` names the images a `folder`/`mendeley` source never reads
-(sub-folders of a class folder, class folders missing from `classes:`).
+names the report that lists them; `data.sources.unread_images` names the images a `folder`/`mendeley` source
+never reads (sub-folders of a class folder, class folders missing from `classes:`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from sonotune.data.sources import collect_records
 from sonotune.errors import DataError, require_writable
 from sonotune.layout import staged_dir
 from sonotune.models.backbones import get_spec
-from sonotune.vocabulary import IMAGE_SUFFIXES
 
 
 def input_sizes(params: Params) -> list[int]:
@@ -53,26 +52,6 @@ def exclusion_summary(report: dict, dataset: str, root: Path = PREPARED_ROOT) ->
         return "0 excluded"
     reasons = ", ".join(f"{kind} {n}" for kind, n in report["excluded_by_reason"].items())
     return f"{report['n_excluded']} excluded ({reasons}; each with its reason under \"excluded\" in {root / dataset}.json)"
-
-
-def unread_images(source) -> str:
-    """What a `folder`/`mendeley` source does not read (images in sub-folders of a class folder, class folders
-    not listed in `classes:`), as one sentence; "" when nothing is left out or the kind reads everything."""
-    if source.kind not in ("folder", "mendeley") or not Path(source.root).is_dir():
-        return ""
-    root = Path(source.root)
-    listed = {root / name for name in source.classes}
-    left_out: dict[str, int] = {}
-    for path in sorted(root.rglob("*")):
-        hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
-        if path.is_file() and not hidden and path.suffix.lower() in IMAGE_SUFFIXES and path.parent not in listed:
-            folder = path.parent.relative_to(root).as_posix() + "/"
-            left_out[folder] = left_out.get(folder, 0) + 1
-    if not left_out:
-        return ""
-    where = ", ".join(f"{folder} ({n})" for folder, n in left_out.items())
-    return (f"{sum(left_out.values())} images under {root} are not read: only the files directly inside the "
-            f"class folders listed in `classes:` ({', '.join(sorted(source.classes))}) are: {where}")
 
 
 def scan_dataset(source, work_dir: Path, seed: int, near_distance: int | None = 6, label_conflicts: str = "exclude",
