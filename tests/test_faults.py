@@ -461,6 +461,30 @@ def test_a_signal_ends_the_stage_like_an_error_and_the_rerun_resumes(repo, case)
     ROWS[case].status = str(status)
 
 
+def test_sigterm_to_a_dvc_repro_job_ends_its_stage_like_an_error_and_repro_resumes(repo):
+    """A scheduler (SLURM, `timeout`, a CI runner) ends a job with SIGTERM to its process group: `dvc repro` and
+    the stage it runs both get it; the stage closes its runs FAILED and keeps fold 0, the next repro resumes."""
+    process = subprocess.Popen(["dvc", "repro", "finetune@phantom-vgg16-0"], cwd=repo, env=project_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_fold_0(repo, process)
+    sent = time.monotonic()
+    os.killpg(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    seconds = time.monotonic() - sent
+    assert process.returncode != 0 and "Traceback" not in stdout + stderr, (stdout + stderr)[-3000:]
+    line = next(line for line in (stdout + stderr).splitlines() if line.startswith("sonotune finetune: error: "))
+    assert "interrupted by SIGTERM" in line
+    statuses = local_statuses(repo)
+    assert running(statuses) == [] and half_written(repo) == [] and (repo / STORE / "fold_0.json").exists()
+    again = call(["dvc", "repro", "finetune@phantom-vgg16-0"], repo)
+    assert again.returncode == 0 and "resuming, folds [0] already done" in again.output, again.output[-3000:]
+    assert running(local_statuses(repo)) == []
+    record("sigterm-to-dvc-repro", "SIGTERM to a `dvc repro` job's process group (a scheduler ending the job)",
+           None, line, "fold 0 (the next `dvc repro` trains only fold 1); runs FAILED, none RUNNING", repo,
+           command="dvc repro finetune@…", seconds=seconds)
+    ROWS["sigterm-to-dvc-repro"].status = str(process.returncode)
+
+
 # ---------------------------------------------------------------------------------------------------- tracking
 
 
