@@ -14,12 +14,11 @@ where s² is the sample variance of the R·k differences and n_test / n_train th
 its training set's (1 / (k − 1) for k-fold CV: `kfold_test_train_ratio`). tests/test_stats_repeated.py shows by
 simulation that it holds its level under a null with training variance, where the naive test does not.
 
-How the report uses it (not wired here): for two configurations A and B of one dataset trained with
-`cv.repeats` R > 1, read each one's per-fold metric of every (repeat, fold) — the metrics JSON's `folds`
-entries carry `repeat` and `fold` — and call
-`corrected_resampled_ttest(metric_A − metric_B, kfold_test_train_ratio(k))` with the differences as an (R, k)
-array (or a flat one in the same (repeat, fold) order for both). Under `protocol: leakage_free` n_train is the
-whole outer training fold (fit + validation images), so the k-fold ratio applies as is. Holm's correction
+How the report uses it (`stages/report/statistics.py`, for every dataset trained with `cv.repeats` R > 1): for
+two configurations A and B it computes each one's AUC on every (repeat, fold) from the out-of-fold scores and
+calls `corrected_resampled_ttest(auc_A − auc_B, kfold_test_train_ratio(k))` with the differences as an (R, k)
+array. Under `protocol: leakage_free` n_train is the whole outer training fold (fit + validation images), so the
+k-fold ratio applies as is. Holm's correction
 (`stats.holm`) applies to its p-values like to any other.
 """
 
