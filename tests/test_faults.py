@@ -541,26 +541,33 @@ def _kill_group(process: subprocess.Popen) -> None:
     assert not live_pids_in_group(process.pid)
 
 
+def _finetune_until_the_server_fails(repo: Path, store: Path, port: int, break_server, restore_server):
+    """`sonotune finetune` against a password-protected server URI; once fold 0 is saved, `break_server(server)`.
+    Returns the stage's Result, with the seconds from the fault to the stage's exit."""
+    from tests.faults import Result
+
+    server = _start_server(store, port)
+    try:
+        process = start_finetune(repo, server_env(with_password(f"http://127.0.0.1:{port}")))
+        wait_for_fold_0(repo, process)
+        break_server(server)
+        broken = time.monotonic()
+        stdout, stderr = process.communicate(timeout=300)
+        seconds = time.monotonic() - broken
+    finally:
+        restore_server(server)
+    return Result([], process.returncode, stdout, stderr, seconds)
+
+
 def test_a_server_lost_mid_stage_ends_it_within_a_minute_and_the_rerun_resumes(repo, tmp_path):
     store, port = tmp_path / "store", free_port()
     uri = f"http://127.0.0.1:{port}"
     env = server_env(with_password(uri))
-    server = _start_server(store, port)
-    try:
-        process = start_finetune(repo, env)
-        wait_for_fold_0(repo, process)
-        _kill_group(server)
-        lost = time.monotonic()
-        stdout, stderr = process.communicate(timeout=300)
-        seconds = time.monotonic() - lost
-    finally:
-        if server.poll() is None:
-            _kill_group(server)
-    from tests.faults import Result
-
-    result = Result([], process.returncode, stdout, stderr, seconds)
+    result = _finetune_until_the_server_fails(
+        repo, store, port, _kill_group, lambda server: _kill_group(server) if server.poll() is None else None)
+    stdout, seconds = result.stdout, result.seconds
     line = error_line(result, "finetune")
-    assert process.returncode == 2 and "alice:***@127.0.0.1" in line and "lost mid-stage" in line
+    assert result.returncode == 2 and "alice:***@127.0.0.1" in line and "lost mid-stage" in line
     assert PASSWORD not in result.output and "alice:***@" in stdout, "MLflow's run links must be printed masked"
     assert (repo / STORE / "fold_0.json").exists() and half_written(repo) == []
     record("server-lost-mid-stage", "tracking server lost mid-stage (killed after fold 0)", result, line,
@@ -589,25 +596,16 @@ def test_a_server_lost_mid_stage_ends_it_within_a_minute_and_the_rerun_resumes(r
 def test_a_server_that_hangs_mid_stage_ends_it_within_a_minute(repo, tmp_path):
     """A server that still accepts connections but never answers (its process frozen with SIGSTOP) is worse
     than a dead one: every MLflow call waits out its timeout. The stage still ends within 60 s, in one line."""
-    store, port = tmp_path / "store", free_port()
-    uri = f"http://127.0.0.1:{port}"
-    env = server_env(with_password(uri))
-    server = _start_server(store, port)
-    try:
-        process = start_finetune(repo, env)
-        wait_for_fold_0(repo, process)
-        os.killpg(server.pid, signal.SIGSTOP)
-        hung = time.monotonic()
-        stdout, stderr = process.communicate(timeout=300)
-        seconds = time.monotonic() - hung
-    finally:
+
+    def thaw_and_kill(server):
         os.killpg(server.pid, signal.SIGCONT)
         _kill_group(server)
-    from tests.faults import Result
 
-    result = Result([], process.returncode, stdout, stderr, seconds)
+    result = _finetune_until_the_server_fails(repo, tmp_path / "store", free_port(),
+                                              lambda server: os.killpg(server.pid, signal.SIGSTOP), thaw_and_kill)
+    seconds = result.seconds
     line = error_line(result, "finetune")
-    assert process.returncode == 2 and "alice:***@127.0.0.1" in line and "mid-stage" in line, result.output[-2000:]
+    assert result.returncode == 2 and "alice:***@127.0.0.1" in line and "mid-stage" in line, result.output[-2000:]
     assert seconds < 60, f"the stage took {seconds:.0f} s to stop after the server hung"
     assert PASSWORD not in result.output and (repo / STORE / "fold_0.json").exists() and half_written(repo) == []
     record("server-hangs-mid-stage", "tracking server hangs mid-stage (process stopped after fold 0)", result, line,
