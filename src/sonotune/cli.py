@@ -1,7 +1,7 @@
 """`sonotune <command>`: thin command-line wrappers over the stage functions.
 
 Commands: phantom, prepare, inspect, params, finetune, svm, report, strategies, deploy, promote, predict, server,
-queue. Option defaults that stand for a params key come from the params schema (`config.default`).
+queue, grid. Option defaults that stand for a params key come from the params schema (`config.default`).
 A user error (bad params, bad data) prints one line to stderr and exits with status 2; so does a tracking store
 that fails mid-stage. SIGTERM and Ctrl-C end a stage the way an error does (open MLflow runs FAILED, finished
 folds kept) with one line and status 128 + signal. No output shows a password of MLFLOW_TRACKING_URI.
@@ -241,6 +241,61 @@ def cmd_queue(args) -> None:
     print("follow with: dvc queue status | dvc queue logs NAME | dvc exp show")
 
 
+def cmd_grid(args) -> None:
+    from sonotune.config import load_params
+    from sonotune.grid_engine import LocalEngine, RayEngine, Resources
+    from sonotune.stages import grid
+
+    params = load_params(args.params)
+    root = Path.cwd()
+    env = grid.forwarded_env() | {"MLFLOW_TRACKING_URI": grid.require_server()}
+    scratch = Path(args.scratch) if args.scratch else grid.default_scratch(root)
+    print("preparing the data on this machine (dvc repro prepare)", flush=True)
+    grid.dvc(["repro", "--quiet", "prepare"], root, capture=False)
+    if args.engine == "ray":
+        resources = Resources(args.cpus, args.gpus, args.memory_gb, args.max_retries)
+        engine = RayEngine(scratch, env, resources, args.workers * args.cpus if args.workers else None,
+                           args.object_store_mb)
+    else:
+        engine = LocalEngine(scratch, env)
+    try:
+        if getattr(engine, "dashboard_url", None):
+            print(f"Ray dashboard: http://{engine.dashboard_url}", flush=True)
+        results, seconds = grid.run_grid(params, engine, root)
+    finally:
+        engine.shutdown()
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        print("the report, on this machine (dvc repro report)", flush=True)
+        grid.dvc(["repro", "--quiet", "report"], root, capture=False)
+    if results:
+        print(grid.results_table(results))
+    print(f"{len(results) - len(failed)} of {len(results)} configuration(s) done in {seconds:.0f} s on {args.engine}"
+          if results else "every configuration was up to date")
+    if failed:
+        raise SonotuneError(f"{len(failed)} configuration(s) failed ({', '.join(r.name for r in failed)}): fix and "
+                            f"rerun `sonotune grid` (the report waits for them)")
+
+
+def add_grid_parser(sub) -> None:
+    grid = sub.add_parser("grid", help="run the out-of-date configurations of the study as Ray tasks (or here), "
+                          "recorded in dvc.lock")
+    grid.add_argument("--params", default=PARAMS_FILE)
+    grid.add_argument("--engine", choices=("local", "ray"), default="local",
+                      help="ray: tasks on the cluster RAY_ADDRESS names (else a local one); local: one by one here")
+    grid.add_argument("--scratch", help="folder of the jobs' working copies and resume stores; on a cluster, a path "
+                      "every node sees (default: a folder in the temp dir)")
+    grid.add_argument("--workers", type=int, default=0,
+                      help="local Ray cluster only: jobs at once (default: one per CPU / --cpus)")
+    grid.add_argument("--cpus", type=float, default=1.0, help="CPUs per job (default 1)")
+    grid.add_argument("--gpus", type=float, default=None,
+                      help="GPUs per job (default: 1 when the cluster has GPUs, else 0)")
+    grid.add_argument("--memory-gb", type=float, default=None, help="memory per job, for Ray's scheduling")
+    grid.add_argument("--max-retries", type=int, default=3, help="retries of a job whose worker or node died")
+    grid.add_argument("--object-store-mb", type=int, default=None, help="local Ray cluster only: object store size")
+    grid.set_defaults(func=cmd_grid)
+
+
 def add_team_parsers(sub) -> None:
     from sonotune import team
 
@@ -330,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect_parser(sub)
     add_params_parser(sub)
     add_team_parsers(sub)
+    add_grid_parser(sub)
     for name, func in (("finetune", cmd_finetune), ("svm", cmd_svm)):
         command = stage(name, func, help=f"run the {name} stage for one configuration")
         command.add_argument("--backbone", required=True)
