@@ -35,7 +35,6 @@ from sonotune.errors import SonotuneError
 
 RESUME_FOLDER = ".sonotune"  # kept across attempts in the working copy (resume.RESUME_ROOT lives there)
 TERM_GRACE_S = 60  # a stage given SIGTERM marks its runs FAILED within seconds; then it is killed
-LOG_TAIL_LINES = 3
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,8 @@ def pack(root: Path, paths: list[str] | tuple[str, ...]) -> bytes:
 def unpack(data: bytes, dest: Path) -> list[str]:
     """Extract a `pack` archive into `dest`; the top-level paths it held."""
     dest.mkdir(parents=True, exist_ok=True)
+    if not data:
+        return []
     with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
         tar.extractall(dest, filter="data")
         return sorted({member.name for member in tar.getmembers()})
@@ -115,10 +116,24 @@ def _stop(process: subprocess.Popen) -> None:
             continue
 
 
-def _tail(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+def _wait(process: subprocess.Popen) -> int:
+    """The command's exit status, waiting in short steps: Ray cancels a task by raising KeyboardInterrupt in its
+    thread, which a single blocking wait would only see once the command had ended by itself."""
+    while True:
+        try:
+            return process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _why(log: Path, offset: int) -> str:
+    """The failed command's error line (sonotune prints one), else the last line it printed."""
+    with log.open("rb") as stream:
+        stream.seek(offset)
+        text = stream.read().decode(errors="replace")
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower()]
-    return " | ".join((errors or lines)[-LOG_TAIL_LINES:])[-400:]
+    return (errors or lines or ["no output"])[-1][-400:]
 
 
 def _clean_copy(copy: Path) -> None:
@@ -155,16 +170,17 @@ def run_job(job: Job, inputs: bytes, scratch: str, env: dict[str, str]) -> JobRe
             with log.open("a") as out:
                 out.write(f"$ {stage.cmd}\n")
                 out.flush()
+                offset = out.tell()
                 process = subprocess.Popen(stage.cmd, shell=True, cwd=copy, env=worker_env(copy, env), stdout=out,
                                            stderr=subprocess.STDOUT, pass_fds=(lock.fileno(),),
                                            preexec_fn=_die_with_parent)
                 try:
-                    code = process.wait()
+                    code = _wait(process)
                 except BaseException:  # the task was cancelled (Ctrl-C on the driver): end the stage cleanly
                     _stop(process)
                     raise
             if code != 0:
-                return JobResult(job.name, False, f"{stage.name} exited {code}: {_tail(log)}", host,
+                return JobResult(job.name, False, f"{stage.name} exited {code}: {_why(log, offset)}", host,
                                  time.monotonic() - started, pid=os.getpid())
         missing = [out for out in job.outs if not (copy / out).exists()]
         if missing:

@@ -84,6 +84,33 @@ def _kill_a_worker_after_its_first_fold(scratch: Path, killed: dict, stop: threa
         time.sleep(0.5)
 
 
+def _open_parent_runs(scratch: Path) -> list[str]:
+    """Parent runs the jobs' finetune stages have opened (their resume stores name them)."""
+    states = [json.loads(p.read_text()) for p in scratch.glob("*/.sonotune/resume/*/*/*/*/state.json")]
+    return [state["parent_run_id"] for state in states if state.get("parent_run_id")]
+
+
+def _grid(repo: Path, scratch: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "sonotune"), "grid", "--engine", "ray", "--workers", "2", "--scratch", str(scratch),
+         "--object-store-mb", "80"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _interrupt_once_a_run_is_open(repo: Path, scratch: Path, env: dict) -> dict:
+    """Ctrl-C (SIGINT) to the driver once a job's finetune has opened its MLflow run; what it left."""
+    grid = _grid(repo, scratch, env)
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    while not _open_parent_runs(scratch) and grid.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    grid.send_signal(signal.SIGINT)
+    try:
+        output, _ = grid.communicate(timeout=180)
+    finally:
+        if grid.poll() is None:
+            grid.kill()
+    return {"rc": grid.returncode, "output": output, "runs": _open_parent_runs(scratch)}
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A tracking server, the tiny study through `dvc repro` (the reference) and through `sonotune grid --engine
@@ -101,13 +128,14 @@ def study(tmp_path_factory):
         repro_seconds = time.monotonic() - started
 
         repo, scratch = copy_repo(base / "grid", tiny_params()), base / "scratch"
+        interrupted = _interrupt_once_a_run_is_open(repo, scratch, env)
+        from mlflow import MlflowClient
+
+        interrupted["statuses"] = [MlflowClient(uri).get_run(r).info.status for r in interrupted["runs"]]
         killed, stop = {}, threading.Event()
         killer = threading.Thread(target=_kill_a_worker_after_its_first_fold, args=(scratch, killed, stop))
         started = time.monotonic()
-        grid = subprocess.Popen(
-            [str(BIN / "sonotune"), "grid", "--engine", "ray", "--workers", "2", "--scratch", str(scratch),
-             "--object-store-mb", "80"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
+        grid = _grid(repo, scratch, env)
         killer.start()
         try:
             output, _ = grid.communicate(timeout=1200)
@@ -117,11 +145,21 @@ def study(tmp_path_factory):
                 grid.kill()
         killer.join()
         grid_seconds = time.monotonic() - started
-        print(f"\ntiny grid: dvc repro {repro_seconds:.0f} s, sonotune grid --engine ray (2 workers, one killed) "
-              f"{grid_seconds:.0f} s", file=sys.stderr)
+        print(f"\ntiny grid: dvc repro {repro_seconds:.0f} s, sonotune grid --engine ray (2 workers, one killed, "
+              f"after a Ctrl-C) {grid_seconds:.0f} s", file=sys.stderr)
         after = run(["dvc", "repro"], repo, env)
         yield {"uri": uri, "reference": reference, "repo": repo, "output": output, "rc": grid.returncode,
-               "killed": killed, "repro_after": after.stdout}
+               "killed": killed, "repro_after": after.stdout,
+               "interrupted": interrupted}
+
+
+@needs_ray
+@pytest.mark.e2e
+def test_ctrl_c_cancels_the_jobs_and_leaves_no_run_running(study):
+    interrupted = study["interrupted"]
+    assert interrupted["rc"] == 128 + signal.SIGINT, interrupted["output"][-2000:]
+    assert interrupted["output"].strip().splitlines()[-1].startswith("sonotune grid: error: interrupted by SIGINT")
+    assert interrupted["runs"] and "RUNNING" not in interrupted["statuses"], interrupted["statuses"]
 
 
 @needs_ray

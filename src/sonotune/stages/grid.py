@@ -147,9 +147,8 @@ def run_grid(params: Params, engine, root: Path, echo=print) -> tuple[list[JobRe
     bar = tqdm(total=len(jobs), desc="grid", unit="config")
 
     def show(_name: str = "") -> None:
-        failed = sum(not r.ok for r in results)
-        running = min(engine.running() or len(jobs) - len(results), len(jobs) - len(results)) \
-            if engine.name == "ray" else 1
+        failed, left = sum(not r.ok for r in results), len(jobs) - len(results)
+        running = min(engine.running(), left) if engine.name == "ray" else min(1, left)
         bar.set_postfix_str(f"done {len(results) - failed}, running {running}, failed {failed}")
 
     show()
