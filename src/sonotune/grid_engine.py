@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -102,6 +103,14 @@ def _die_with_parent() -> None:
         pass
 
 
+def _argv(cmd: str) -> list[str]:
+    """A plain command runs as itself, so that the signal on the worker's death reaches the stage (through a
+    shell it would only reach the shell); a command using the shell's syntax runs through `sh -c`."""
+    if any(char in cmd for char in "|&;<>()$`\\\"'*?[]#~=%{}\n"):
+        return ["/bin/sh", "-c", cmd]
+    return shlex.split(cmd)
+
+
 def _stop(process: subprocess.Popen) -> None:
     """SIGTERM to the command's process group (the stage ends its runs FAILED), SIGKILL after a grace."""
     for sig, grace in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 10)):
@@ -171,7 +180,7 @@ def run_job(job: Job, inputs: bytes, scratch: str, env: dict[str, str]) -> JobRe
                 out.write(f"$ {stage.cmd}\n")
                 out.flush()
                 offset = out.tell()
-                process = subprocess.Popen(stage.cmd, shell=True, cwd=copy, env=worker_env(copy, env), stdout=out,
+                process = subprocess.Popen(_argv(stage.cmd), cwd=copy, env=worker_env(copy, env), stdout=out,
                                            stderr=subprocess.STDOUT, pass_fds=(lock.fileno(),),
                                            preexec_fn=_die_with_parent)
                 try:

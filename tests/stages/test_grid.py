@@ -189,18 +189,26 @@ def test_the_retried_task_resumed_from_its_finished_fold(study):
     assert parent.data.tags["strategy"] == strategy and parent.data.tags["classifier"] == "mlp"
 
 
+def _without_timings(node):
+    """A metrics document without its wall-clock fields (`seconds` per fold): the rest is deterministic."""
+    if isinstance(node, dict):
+        return {k: _without_timings(v) for k, v in node.items() if k != "seconds"}
+    if isinstance(node, list):
+        return [_without_timings(v) for v in node]
+    return node
+
+
 @needs_ray
 @pytest.mark.e2e
 def test_dvc_lock_and_metrics_match_dvc_repro(study):
+    """Same outputs, byte for byte (DVC's md5), as `dvc repro`; the MLP metrics differ only in fold timings."""
     grid, reference = _lock_outs(study["repo"]), _lock_outs(study["reference"])
     assert {s: sorted(o) for s, o in grid.items()} == {s: sorted(o) for s, o in reference.items()}
+    timed = {out for outs in grid.values() for out in outs if out.endswith("mlp_metrics.json")}
+    assert {s: {o: m for o, m in outs.items() if o not in timed} for s, outs in grid.items()} == \
+        {s: {o: m for o, m in outs.items() if o not in timed} for s, outs in reference.items()}
     for stage in STAGES:
-        ours, theirs = _metrics(study["repo"], stage), _metrics(study["reference"], stage)
-        assert ours["mean"] == pytest.approx(theirs["mean"], abs=1e-6), stage
-        assert [f["auc"] for f in ours["folds"]] == pytest.approx([f["auc"] for f in theirs["folds"]], abs=1e-6)
-        # the out-of-fold scores file, byte for byte: what DVC hashes for the outputs' content
-        for out in (o for o in grid[stage] if o.endswith(("_roc.csv", "_metrics.json"))):
-            assert (study["repo"] / out).read_bytes() == (study["reference"] / out).read_bytes(), out
+        assert _without_timings(_metrics(study["repo"], stage)) == _without_timings(_metrics(study["reference"], stage))
 
 
 @needs_ray

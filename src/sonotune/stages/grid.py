@@ -108,6 +108,18 @@ def default_scratch(root: Path) -> Path:
     return Path(tempfile.gettempdir()) / "sonotune-grid" / key
 
 
+def inputs_stamp(root: Path, paths: tuple[str, ...]) -> str:
+    """A cheap fingerprint (path, size, modification time) of the files under `paths`."""
+    digest = hashlib.sha256()
+    for path in paths:
+        files = [root / path] if (root / path).is_file() else sorted((root / path).rglob("*"))
+        for file in files:
+            if file.is_file():
+                stat = file.stat()
+                digest.update(f"{file.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def bring_back(root: Path, job: Job, result: JobResult) -> None:
     """Replace the job's outputs in the workspace by the worker's and record them in dvc.lock."""
     for out in job.outs:
@@ -153,10 +165,16 @@ def run_grid(params: Params, engine, root: Path, echo=print) -> tuple[list[JobRe
 
     show()
     by_name = {job.name: job for job in jobs}
+    stamps = {job.name: inputs_stamp(root, job.inputs) for job in jobs}
     try:
         for result in engine.run(input_archives(root, jobs), show):
+            job = by_name[result.name]
+            if result.ok and inputs_stamp(root, job.inputs) != stamps[job.name]:
+                # dvc commit would record the workspace's params and code, not those the job ran with
+                result.ok, result.line = False, ("its inputs (params.yaml, src/ or prepared data) changed in the "
+                                                 "workspace while it ran: not recorded, rerun `sonotune grid`")
             if result.ok:
-                bring_back(root, by_name[result.name], result)
+                bring_back(root, job, result)
             else:
                 bar.write(f"sonotune grid: {result.name} failed: {result.line}")
             results.append(result)
