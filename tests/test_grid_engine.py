@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from sonotune.grid_engine import RESUME_FOLDER, Job, LocalEngine, StageRun, pack, run_job, unpack
+from tests.servers import is_alive
+from tests.workspace import ROOT
+
+SRC = ROOT / "src"
 
 
 def _inputs(tmp_path: Path) -> bytes:
@@ -64,3 +72,33 @@ def test_the_commands_see_the_shipped_code_first_and_the_forwarded_environment(t
     pythonpath, uri = (tmp_path / "back" / "env.txt").read_text().strip().split("|")
     assert pythonpath.split(":")[0] == str(tmp_path / "scratch" / "env" / "src")
     assert uri == "http://127.0.0.1:5999"
+
+
+def _pids_in(folder: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.readlink(entry / "cwd").startswith(str(folder)):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_stage_ends_when_its_worker_is_killed(tmp_path):
+    """SIGKILL to the worker (here: a Python process running `run_job`) ends the stage it started."""
+    scratch = tmp_path / "scratch"
+    script = ("import sys; from sonotune.grid_engine import Job, StageRun, run_job; "
+              f"run_job(Job('slow', (StageRun('slow', 'sleep 300', ('never',)),), ()), b'', {str(scratch)!r}, {{}})")
+    worker = subprocess.Popen([sys.executable, "-c", script], env=os.environ | {"PYTHONPATH": str(SRC)})
+    deadline = time.monotonic() + 60
+    while not [p for p in _pids_in(scratch / "slow") if p != worker.pid] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stage = [p for p in _pids_in(scratch / "slow") if p != worker.pid]
+    assert stage, "the stage command never started"
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 10
+    while any(is_alive(p) for p in stage) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(is_alive(p) for p in stage)
