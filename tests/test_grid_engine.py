@@ -41,7 +41,8 @@ def test_a_failing_stage_is_one_line_and_the_next_job_still_runs(tmp_path):
     results = list(engine.run([(bad, b""), (good, b"")], started.append))
     assert started == ["bad", "good"]
     assert [r.ok for r in results] == [False, True]
-    assert results[0].line == "svm@bad exited 2: sonotune svm: error: features.npz is missing"
+    assert results[0].line.startswith("svm@bad exited 2: sonotune svm: error: features.npz is missing (log: ")
+    assert results[0].line.endswith(f"{tmp_path / 'scratch' / 'bad' / RESUME_FOLDER / 'grid.log'})")
     assert "\n" not in results[0].line
 
 

@@ -189,7 +189,7 @@ def run_job(job: Job, inputs: bytes, scratch: str, env: dict[str, str]) -> JobRe
                     _stop(process)
                     raise
             if code != 0:
-                return JobResult(job.name, False, f"{stage.name} exited {code}: {_why(log, offset)}", host,
+                return JobResult(job.name, False, f"{stage.name} exited {code}: {_why(log, offset)} (log: {host}:{log})", host,
                                  time.monotonic() - started, pid=os.getpid())
         missing = [out for out in job.outs if not (copy / out).exists()]
         if missing:
