@@ -146,7 +146,8 @@ def study(tmp_path_factory):
         killer.join()
         grid_seconds = time.monotonic() - started
         print(f"\ntiny grid: dvc repro {repro_seconds:.0f} s, sonotune grid --engine ray (2 workers, one killed, "
-              f"after a Ctrl-C) {grid_seconds:.0f} s", file=sys.stderr)
+              f"after a Ctrl-C) {grid_seconds:.0f} s; killed {killed}", file=sys.stderr)
+        print("\n".join(output.splitlines()[-4:]), file=sys.stderr)
         after = run(["dvc", "repro"], repo, env)
         yield {"uri": uri, "reference": reference, "repo": repo, "output": output, "rc": grid.returncode,
                "killed": killed, "repro_after": after.stdout,
