@@ -189,8 +189,8 @@ def run_job(job: Job, inputs: bytes, scratch: str, env: dict[str, str]) -> JobRe
                     _stop(process)
                     raise
             if code != 0:
-                return JobResult(job.name, False, f"{stage.name} exited {code}: {_why(log, offset)} (log: {host}:{log})", host,
-                                 time.monotonic() - started, pid=os.getpid())
+                line = f"{stage.name} exited {code}: {_why(log, offset)} (log: {host}:{log})"
+                return JobResult(job.name, False, line, host, time.monotonic() - started, pid=os.getpid())
         missing = [out for out in job.outs if not (copy / out).exists()]
         if missing:
             return JobResult(job.name, False, f"outputs not written: {', '.join(missing)}", host,
@@ -249,7 +249,7 @@ class RayEngine:
         self.scratch, self.env, self.resources = scratch, env, resources
         options = {"log_to_driver": False, "configure_logging": True, "logging_level": "ERROR"}
         if not os.environ.get("RAY_ADDRESS"):
-            options |= {"num_cpus": local_cpus, "include_dashboard": False}
+            options["num_cpus"] = local_cpus  # the dashboard starts when ray[default] is installed
             if object_store_mb:
                 options["object_store_memory"] = object_store_mb * 2**20
         context = ray.init(**options)
