@@ -4,6 +4,9 @@ need no model run in-process."""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -67,11 +70,7 @@ def test_params_lays_the_paper_config_over_params_yaml(tmp_path, capsys):
     assert "finetune.epochs: Input should be greater than or equal to 1" in capsys.readouterr().err
 
 
-def _python(code: str, cwd, **env) -> "subprocess.CompletedProcess":
-    import os
-    import subprocess
-    import sys
-
+def _python(code: str, cwd, **env) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("TF_")} | env
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environment, capture_output=True, text=True,
                           check=True)
