@@ -23,6 +23,9 @@ from sonotune.errors import ConfigError, Interrupted, SonotuneError, mask_creden
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import logging
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
     if not any(isinstance(finder, _QuietTensorflowFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorflowFinder())
 
@@ -270,7 +273,7 @@ def cmd_server(args) -> None:
     team.require_free_port(args.host, args.port)
     if args.host != team.LOOPBACK and not args.basic_auth:
         print(f"warning: listening on {args.host} without authentication: anyone who reaches this port can read and "
-              f"delete runs (README: Working as a team → Security)", file=sys.stderr)
+              f"delete runs (docs/manual.md: Working as a team → Security)", file=sys.stderr)
     print(f"MLflow tracking server on http://{args.host}:{args.port} — teammates: "
           f"export MLFLOW_TRACKING_URI=http://<this host>:{args.port}", flush=True)
     os.execvp(command[0], command)  # the server replaces this process: signals reach it directly

@@ -167,6 +167,8 @@ def auc_by_strategy(results: pd.DataFrame, dataset: str, alpha: float, interval_
     data = results[results["dataset"] == dataset]
     backbones = list(dict.fromkeys(data["backbone"]))
     strategies = sorted(set(data["strategy"]))
+    lowest = data[["auc_low", "auc_mean"]].min().min()
+    floor = min(0.3, np.floor(10 * lowest) / 10) if np.isfinite(lowest) else 0.3  # 0.3–1, or lower to show all
     fig, axes = plt.subplots(1, len(backbones), figsize=(1.2 + 3.2 * len(backbones), 3.6), sharey=True,
                              squeeze=False, layout="constrained")
     for ax, backbone in zip(axes[0], backbones):
@@ -181,7 +183,7 @@ def auc_by_strategy(results: pd.DataFrame, dataset: str, alpha: float, interval_
                    label=f"best: {best.strategy} %, {CLASSIFIER_LABELS[best.classifier]} {best.auc_mean:.3f}")
         ax.axhline(0.5, linestyle=":", color="grey")
         ax.set_xticks(strategies, [f"{s}" for s in strategies])
-        ax.set(xlabel="layers fine-tuned (%)", ylim=(0.3, 1.0), title=backbone)
+        ax.set(xlabel="layers fine-tuned (%)", ylim=(floor, 1.0), title=backbone)
         ax.legend(loc="upper left", fontsize=7)
     axes[0][0].set_ylabel("AUC (out-of-fold, fold mean)")
     level = round(100 * (1 - alpha))
