@@ -17,9 +17,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
+# BASELINE=no: leave dvc.lock uncommitted (by default the demo's dvc.lock is committed, alone, as the baseline that
+# `dvc exp show` and `dvc exp diff` compare experiments against; docs/manual.md, Comparing strategies and experiments)
+BASELINE ?= yes
+DEMO_IDENTITY := -c user.name=sonotune-demo -c user.email=demo@sonotune.invalid
+
 demo: install
 	@set -o pipefail; dvc repro 2>&1 | tee $(VENV)/demo.log
 	@grep -q "Running stage 'report'" $(VENV)/demo.log || cat reports/summary.md
+	@if [ "$(BASELINE)" = yes ] && [ -n "$$(git status --porcelain -- dvc.lock)" ]; then \
+	  git add dvc.lock && git $$(git config user.email >/dev/null || echo '$(DEMO_IDENTITY)') commit -q \
+	    -m "demo baseline: dvc.lock of make demo" -- dvc.lock && \
+	  echo "committed dvc.lock as the baseline of dvc exp show / dvc exp diff (make demo BASELINE=no: not)"; fi
 
 test: install
 	$(BIN)/pytest -q -ra

@@ -4,6 +4,9 @@ need no model run in-process."""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -65,3 +68,38 @@ def test_params_lays_the_paper_config_over_params_yaml(tmp_path, capsys):
     bad.write_text("finetune: {epochs: 0}\n")
     assert main(["params", str(bad), "--params", str(params)]) == 2
     assert "finetune.epochs: Input should be greater than or equal to 1" in capsys.readouterr().err
+
+
+def _python(code: str, cwd, **env) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TF_")} | env
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environment, capture_output=True, text=True,
+                          check=True)
+
+
+def test_commands_without_a_model_never_import_tensorflow(tmp_path):
+    """`--help`, `prepare` and `params` stay fast: no TensorFlow (seconds of import, and its startup lines)."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    done = _python("import sys\nfrom sonotune.cli import main\n"
+                   "for argv in (['--help'], ['prepare', '--help'], ['prepare', '--dataset', 'phantom'],\n"
+                   "             ['params', '--out', 'merged.yaml', 'params.yaml']):\n"
+                   "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+                   "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))", tmp_path)
+    assert done.stdout.splitlines()[-1] == "[]" and (tmp_path / "prepared" / "phantom.json").is_file()
+
+
+def test_tensorflow_imports_silently_under_the_cli(tmp_path):
+    """TF 2.21 prints absl/oneDNN/cudart lines to fd 2 on import whatever TF_CPP_MIN_LOG_LEVEL says: under the
+    CLI's import hook nothing reaches stderr (and without it something does, so the check can fail)."""
+    loud = _python("import keras", tmp_path)
+    quiet = _python("from sonotune.cli import _quiet_tensorflow\n_quiet_tensorflow()\nimport keras\n"
+                    "import logging\nprint(logging.getLogger('tensorflow').level)", tmp_path)
+    assert "absl::InitializeLog" in loud.stderr or "oneDNN" in loud.stderr or "cudart" in loud.stderr
+    assert quiet.stderr == "" and quiet.stdout.strip() == str(__import__("logging").ERROR)
+
+
+def test_inspect_kinds_are_the_inspection_modules():
+    from sonotune.data.inspection import KINDS
+
+    kind = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices[
+        "inspect"]._option_string_actions["--kind"]
+    assert tuple(kind.choices) == KINDS

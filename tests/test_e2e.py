@@ -6,7 +6,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from tests.workspace import run
+from tests.workspace import ROOT, project_env, run
 
 pytestmark = pytest.mark.e2e
 
@@ -31,8 +31,17 @@ def test_dvc_repro_tiny_study(tiny_repo):
         for classifier in ("mlp", "svm"):
             metrics = json.loads((tiny_repo / f"runs/phantom/{backbone}/{strategy}/{classifier}_metrics.json").read_text())
             assert len(metrics["folds"]) == 3 and 0.0 <= metrics["mean"]["auc_mean"] <= 1.0
-    shown = run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout
-    assert "runs/phantom/vgg16/15/svm_metrics.json" in shown
+    # the top-level metrics are the headline numbers only; the per-configuration files are outputs
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout)
+    files = {path for rev in shown.values() for path in rev["data"]}
+    assert files == {"reports/metrics.json"}
+    headline = json.loads((tiny_repo / "reports" / "metrics.json").read_text())
+    assert set(headline["phantom"]) == {"mlp_auc", "svm_auc", "distinguishable", "comparisons"}
+    # two plots across configurations (whatever the grid's size), then the report's figures
+    plots = json.loads(run(["dvc", "plots", "show", "--json", "--split"], tiny_repo).stdout)["data"]
+    assert [name for name in plots if not name.endswith(".png")] == [
+        "AUC against the fine-tuning strategy", "ROC of every configuration (pooled out-of-fold; the best named)"]
+    assert "reports/figures/auc_by_strategy_phantom.png" in plots
     table = pd.read_csv(tiny_repo / "reports" / "table3.csv")
     assert len(table) == len(CONFIGS)
     mlp = json.loads((tiny_repo / "runs/phantom/vgg16/15/mlp_metrics.json").read_text())["mean"]["auc_mean"]
@@ -61,7 +70,20 @@ def test_dvc_repro_tiny_study(tiny_repo):
     again = run(["dvc", "repro"], tiny_repo).stdout
     assert "Running stage" not in again
 
-    # changing a finetune param reruns finetune, svm and report, not prepare
+    # the baseline `make demo` commits, then an experiment: changing a finetune param reruns finetune, svm and
+    # report, not prepare
+    run(["git", "add", "dvc.lock"], tiny_repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "baseline"], tiny_repo)
     exp = run(["dvc", "exp", "run", "-S", "finetune.learning_rate=0.0005"], tiny_repo).stdout
     assert "Running stage 'finetune@phantom-vgg16-0'" in exp and "Running stage 'finetune@phantom-vgg16-15'" in exp
     assert "Running stage 'prepare" not in exp
+
+    # the README's `dvc exp show` line: the experiment against the baseline, headline metrics and the changed
+    # param, within a screen however wide the terminal
+    line = next(l for l in (ROOT / "README.md").read_text().splitlines() if l.startswith("dvc exp show"))
+    table = run(["bash", "-c", line.split("  #")[0]], tiny_repo, env=project_env(COLUMNS="400")).stdout
+    width = max(len(row.rstrip()) for row in table.splitlines())
+    assert width <= 160 and "phantom.mlp_auc" in table and "finetune.learning_rate" in table, table
+    assert "0.0005" in table and "workspace" in table
+    diff = run(["dvc", "exp", "diff"], tiny_repo).stdout
+    assert "finetune.learning_rate" in diff and "0.001" in diff and "0.0005" in diff

@@ -23,6 +23,61 @@ from sonotune.errors import ConfigError, Interrupted, SonotuneError, mask_creden
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import logging
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
+    if not any(isinstance(finder, _QuietTensorflowFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorflowFinder())
+
+
+class _QuietTensorflowFinder:
+    """Import hook for the first `import tensorflow` (directly or through keras), wherever a command does it:
+    TF 2.21's native libraries print "All log messages before absl::InitializeLog()", oneDNN and cudart lines
+    straight to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL says, so fd 2 goes to a scratch file while the
+    package loads (replayed if the import fails). tf.function's retracing advice (a Python warning, once a
+    new model per fold has been traced a few times) is turned off too. Commands that need no model never
+    trigger it: TensorFlow is imported only where a model is built or loaded."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader:
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        import logging
+        import tempfile
+
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as scratch:
+            os.dup2(scratch.fileno(), 2)
+            try:
+                self._loader.exec_module(module)
+            except BaseException:
+                os.dup2(saved, 2)
+                scratch.seek(0)
+                sys.stderr.write(scratch.read().decode(errors="replace"))
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+    def __getattr__(self, name: str):
+        return getattr(self._loader, name)
 
 
 def _deterministic() -> None:
@@ -218,7 +273,7 @@ def cmd_server(args) -> None:
     team.require_free_port(args.host, args.port)
     if args.host != team.LOOPBACK and not args.basic_auth:
         print(f"warning: listening on {args.host} without authentication: anyone who reaches this port can read and "
-              f"delete runs (README: Working as a team → Security)", file=sys.stderr)
+              f"delete runs (docs/manual.md: Working as a team → Security)", file=sys.stderr)
     print(f"MLflow tracking server on http://{args.host}:{args.port} — teammates: "
           f"export MLFLOW_TRACKING_URI=http://<this host>:{args.port}", flush=True)
     os.execvp(command[0], command)  # the server replaces this process: signals reach it directly
@@ -323,7 +378,9 @@ def add_team_parsers(sub) -> None:
 
 def add_inspect_parser(sub) -> None:
     from sonotune.config import CV, Prepare, default
-    from sonotune.data.inspection import KINDS
+
+    # inspection.KINDS without importing pandas and scipy for `--help` (tests/test_cli.py keeps them equal)
+    KINDS = ("busi", "mendeley", "ddti", "folder", "csv")
 
     inspect = sub.add_parser("inspect", help="check a dataset folder or CSV manifest and print its data report")
     inspect.add_argument("path", help="dataset folder, or a .csv manifest (path,label[,group])")

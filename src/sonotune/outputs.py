@@ -1,6 +1,7 @@
-"""Stage outputs shared by `finetune` and `svm`: the folder (oof.csv, optional arrays), the DVC metrics JSON
-and the ROC points for DVC plots. The folder is built beside its target and moved into place last, so a
-crash never leaves a half-written output. `write_plot_data` adds the per-fold data behind the DVC plots:
+"""Stage outputs shared by `finetune` and `svm`: the folder (oof.csv, optional arrays), the metrics JSON and
+the pooled ROC points (outputs the report reads; dvc.yaml's top-level metrics and plots are the report's). The
+folder is built beside its target and moved into place last, so a crash never leaves a half-written output.
+`write_plot_data` adds per-fold plot data:
 `<classifier>_roc_folds.csv` (fold, fpr, tpr; fold "pooled" = all out-of-fold scores) and
 `<classifier>_confusion.csv` (one row per image: fold, actual, predicted, for DVC's confusion template).
 

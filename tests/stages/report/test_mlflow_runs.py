@@ -66,7 +66,11 @@ def test_intervals_go_onto_the_producing_parent_runs_only(local_mlflow):
         one_class = run_["tags.strategy"] == "15" and classifier == "svm"
         assert run_["tags.single_class_folds"] == ("3" if one_class else "0")
         assert run_["tags.auc_ci"].startswith("95 % interval of auc_oof_mean: clustered")
+        # the study-wide cross-strategy figure, on every parent the report updated
+        logged = mlflow.MlflowClient().list_artifacts(run_["run_id"], "report")
+        assert [a.path for a in logged] == ["report/auc_by_strategy_phantom.png"]
     assert np.isnan(after.set_index("run_id").loc[stale, "metrics.auc_ci_low"])
+    assert mlflow.MlflowClient().list_artifacts(stale, "report") == []
 
 
 # ---------------------------------------------------------------- real mlflow server, tiny pipeline

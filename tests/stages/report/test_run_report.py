@@ -41,13 +41,36 @@ def test_tables_match_the_per_fold_metrics(workdir):
     assert len(tests) == 12 + 6
     assert (tests["p_holm"] >= tests["p_value"] - 1e-12).all()
 
-    metrics = json.loads((reports / "metrics.json").read_text())
-    assert metrics["phantom"]["vgg16"]["15"]["mlp"]["auc"] == pytest.approx(table.loc[1, "mlp_auc"], abs=1e-4)
-    for name in ("auc_heatmap_phantom.png", "roc_phantom.png", "confusion_phantom.png"):
+    auc = json.loads((reports / "auc.json").read_text())
+    assert auc["phantom"]["vgg16"]["15"]["mlp"]["auc"] == pytest.approx(table.loc[1, "mlp_auc"], abs=1e-4)
+    # the top-level DVC metrics: the headline numbers only (what `dvc exp show` must fit on a screen)
+    headline = json.loads((reports / "metrics.json").read_text())
+    assert headline == {"phantom": {"mlp_auc": pytest.approx(table["mlp_auc"].max(), abs=1e-4),
+                                    "svm_auc": pytest.approx(table["svm_auc"].max(), abs=1e-4),
+                                    "distinguishable": int((tests["p_holm"] < 0.05).sum()), "comparisons": 18}}
+    for name in ("auc_by_strategy_phantom.png", "auc_heatmap_phantom.png", "roc_phantom.png",
+                 "confusion_phantom.png"):
         assert (reports / "figures" / name).stat().st_size > 5000
-    assert list(pd.read_csv(reports / "roc_best.csv").columns) == ["fpr", "mlp_tpr", "svm_tpr"]
 
-    assert text == (reports / "summary.md").read_text()
+    # the DVC plots: a line per backbone × classifier across strategies, one ROC per configuration
+    lines = pd.read_csv(reports / "auc_by_strategy.csv")
+    assert sorted(lines["config"].unique()) == ["phantom · resnet50 · MLP", "phantom · resnet50 · SVM",
+                                                "phantom · vgg16 · MLP", "phantom · vgg16 · SVM"]
+    assert all(list(s) == [0, 15, 50] for _, s in lines.groupby("config")["strategy"])
+    vgg_svm = lines[(lines.config == "phantom · vgg16 · SVM") & (lines.strategy == 15)].iloc[0]
+    assert vgg_svm.auc == pytest.approx(table.loc[1, "svm_auc"], abs=1e-4)
+    assert vgg_svm.auc_low == pytest.approx(table.loc[1, "svm_auc_low"], abs=1e-4)
+    roc = pd.read_csv(reports / "roc.csv")
+    assert roc["config"].nunique() == 12 and len(roc) == 12 * 101
+    best = roc.loc[roc["best"] == "yes", "config"].unique()
+    top = max(((r.backbone, r.strategy, c, getattr(r, f"{c}_auc")) for r in table.itertuples()
+               for c in ("mlp", "svm")), key=lambda t: t[3])
+    assert list(best) == [f"best: phantom · {top[0]} · {top[1]} % · {top[2].upper()} (AUC {top[3]:.3f})"]
+
+    # summary.md is the printed summary less its MLflow lines, and names nothing of this machine
+    summary = (reports / "summary.md").read_text()
+    assert text.startswith(summary) and "MLflow: not updated" in text[len(summary):]
+    assert "MLflow" not in summary and str(workdir) not in summary
     assert len(text.splitlines()) <= 40
     assert "Best: phantom / " in text and "- phantom / vgg16: " in text and "- phantom / resnet50: " in text
 

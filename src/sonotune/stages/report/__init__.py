@@ -10,9 +10,14 @@ stages wrote, and writes under `reports/`:
   chosen C at `report.table4_strategy` — the paper's Table 4 and what it leaves out;
 - `comparisons.csv`: every paired comparison (strategy A vs B per backbone and classifier; MLP vs SVM per
   configuration) with its p-value and Holm-adjusted p-value;
-- `figures/`: `auc_heatmap_<dataset>.png`, and for the two best backbones of each dataset
-  `roc_<dataset>.png` (MLP vs SVM) and `confusion_<dataset>.png` (the paper's Figs 3–8);
-- `roc_best.csv` (DVC plot of the best configuration), `metrics.json` (DVC metrics), `summary.md`.
+- `figures/`: `auc_by_strategy_<dataset>.png` (AUC against strategy per backbone, MLP and SVM, interval bands:
+  the paper's question in one picture; also logged onto the dataset's parent MLflow runs),
+  `auc_heatmap_<dataset>.png`, and for the two best backbones of each dataset `roc_<dataset>.png` (MLP vs SVM)
+  and `confusion_<dataset>.png` (the paper's Figs 3–8);
+- the two DVC plots `auc_by_strategy.csv` (strategy, AUC and interval, a line per dataset · backbone ·
+  classifier) and `roc.csv` (every configuration's pooled ROC, the best named); `auc.json` (every
+  configuration's AUC); `metrics.json` (the headline numbers, dvc.yaml's top-level metrics); `summary.md`
+  (the printed summary less its MLflow lines, which name this machine's store).
 Intervals and tests come from `sonotune.stats` (docs/statistics.md). The intervals, and a `single_class_folds`
 tag, are also logged onto the parent MLflow runs the stages created (found by their tags; the report never
 creates a run).
@@ -27,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 
 from sonotune.config import Params
-from sonotune.stages.report.findings import best_per_backbone, summary_text
+from sonotune.stages.report.findings import best_per_backbone, mlflow_lines, summary_text
 from sonotune.stages.report.load import load_study
 from sonotune.stages.report.mlflow_runs import log_intervals
 from sonotune.stages.report.statistics import add_intervals, comparisons, variance_note
@@ -38,7 +43,8 @@ __all__ = ["run_report"]
 
 
 def run_report(params: Params) -> str:
-    """Build every report file from the stages' outputs; return the one-screen summary."""
+    """Build every report file from the stages' outputs; return the one-screen summary with the MLflow lines
+    (what was logged, how to browse the runs) that summary.md leaves out."""
     study = load_study(params)
     results = add_intervals(study, params)
     study = dataclasses.replace(study, results=results)
@@ -51,8 +57,7 @@ def run_report(params: Params) -> str:
     write_plots(study, results, best, tests, params)
     mlflow_note = log_intervals(results, params)
     write_tables(study, table, t4, t4_strategy, tests, params)
-    write_metrics(results)
-    text = summary_text(params, results, table, best, tests, t4_strategy, mlflow_note, t4,
-                        variance_note(study, params))
+    write_metrics(results, tests)
+    text = summary_text(params, results, table, best, tests, t4_strategy, t4, variance_note(study, params))
     write_summary(text)
-    return text
+    return text + mlflow_lines(mlflow_note)

@@ -1,5 +1,7 @@
-"""The report's figures (the paper's Figs 3–8): the backbone × strategy AUC heatmap, the out-of-fold ROC of the
-MLP head vs the SVM and their confusion matrices for the two best backbones, and the ROC points of `roc_best.csv`."""
+"""The report's figures (the paper's Figs 3–8): AUC against strategy per backbone with interval bands (the paper's
+question in one picture), the backbone × strategy AUC heatmap, the out-of-fold ROC of the MLP head vs the SVM and
+their confusion matrices for the two best backbones; and the data of the two DVC plots: `auc_by_strategy.csv` (the
+first figure as rows) and `roc.csv` (every configuration's pooled ROC, the best one named)."""
 
 from __future__ import annotations
 
@@ -136,13 +138,75 @@ def save_confusion_grid(path, frame: pd.DataFrame, picks: pd.DataFrame, dataset:
     plt.close(fig)
 
 
-def roc_best_points(frame: pd.DataFrame, backbone: str, strategy: int, grid: int = 101) -> pd.DataFrame:
-    """Pooled out-of-fold ROC of MLP and SVM on one false-positive-rate grid (a DVC plot with fixed columns)."""
+def config_label(dataset: str, backbone: str, classifier: str) -> str:
+    """A line of the cross-strategy plot: one (dataset, backbone, classifier)."""
+    return f"{dataset} · {backbone} · {CLASSIFIER_LABELS[classifier]}"
+
+
+def auc_by_strategy_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The cross-strategy plot's data: one row per configuration (config, dataset, backbone, classifier,
+    strategy, auc, auc_low, auc_high), sorted so that each line runs from the fewest trainable layers up."""
+    rows = results.assign(config=[config_label(r.dataset, r.backbone, r.classifier) for r in results.itertuples()])
+    rows = rows.rename(columns={"auc_mean": "auc"})[
+        ["config", "dataset", "backbone", "classifier", "strategy", "auc", "auc_low", "auc_high"]]
+    return rows.sort_values(["dataset", "backbone", "classifier", "strategy"], kind="stable").round(4)
+
+
+def save_auc_by_strategy(path, results: pd.DataFrame, dataset: str, alpha: float, interval_name: str) -> None:
+    """`auc_by_strategy` saved to `path`."""
+    plt = _plt()
+    fig = auc_by_strategy(results, dataset, alpha, interval_name)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def auc_by_strategy(results: pd.DataFrame, dataset: str, alpha: float, interval_name: str):
+    """One panel per backbone: fold-mean AUC against the strategy (% of the last layers trainable), a line per
+    classifier with its 1 − alpha interval as a band, chance (0.5) dotted, the panel's best point ringed."""
+    plt = _plt()
+    data = results[results["dataset"] == dataset]
+    backbones = list(dict.fromkeys(data["backbone"]))
+    strategies = sorted(set(data["strategy"]))
+    lowest = data[["auc_low", "auc_mean"]].min().min()
+    floor = min(0.3, np.floor(10 * lowest) / 10) if np.isfinite(lowest) else 0.3  # 0.3–1, or lower to show all
+    fig, axes = plt.subplots(1, len(backbones), figsize=(1.2 + 3.2 * len(backbones), 3.6), sharey=True,
+                             squeeze=False, layout="constrained")
+    for ax, backbone in zip(axes[0], backbones):
+        panel = data[data["backbone"] == backbone]
+        for classifier, colour in zip(CLASSIFIERS, ("tab:blue", "tab:orange")):
+            line = panel[panel["classifier"] == classifier].sort_values("strategy")
+            ax.fill_between(line["strategy"], line["auc_low"], line["auc_high"], color=colour, alpha=0.18,
+                            linewidth=0)
+            ax.plot(line["strategy"], line["auc_mean"], marker="o", color=colour, label=CLASSIFIER_LABELS[classifier])
+        best = panel.loc[panel["auc_mean"].idxmax()]
+        ax.scatter([best.strategy], [best.auc_mean], s=160, facecolors="none", edgecolors="black", zorder=3,
+                   label=f"best: {best.strategy} %, {CLASSIFIER_LABELS[best.classifier]} {best.auc_mean:.3f}")
+        ax.axhline(0.5, linestyle=":", color="grey")
+        ax.set_xticks(strategies, [f"{s}" for s in strategies])
+        ax.set(xlabel="layers fine-tuned (%)", ylim=(floor, 1.0), title=backbone)
+        ax.legend(loc="upper left", fontsize=7)
+    axes[0][0].set_ylabel("AUC (out-of-fold, fold mean)")
+    level = round(100 * (1 - alpha))
+    fig.suptitle(f"{dataset}: does fine-tuning more layers help, and does the SVM beat the MLP head?\n"
+                 f"bands: {level} % intervals ({interval_name}); dotted: chance", fontsize=9)
+    return fig
+
+
+def roc_rows(study_predictions: dict[str, pd.DataFrame], results: pd.DataFrame, grid: int = 101) -> pd.DataFrame:
+    """Every configuration's pooled out-of-fold ROC on one false-positive-rate grid (config, best, fpr, tpr):
+    one DVC plot for the whole study, whatever its size. `config` carries the fold-mean AUC; the configuration
+    with the best one is called "best: …" and has best = "yes"."""
     from sklearn.metrics import roc_curve
 
     fpr_grid = np.linspace(0, 1, grid)
-    points = {"fpr": fpr_grid}
-    for classifier in CLASSIFIERS:
-        fpr, tpr, _ = roc_curve(frame["y"], frame[score_column(backbone, strategy, classifier)])
-        points[f"{classifier}_tpr"] = np.interp(fpr_grid, fpr, tpr)
-    return pd.DataFrame(points).round(4)
+    top = results["auc_mean"].idxmax()
+    parts = []
+    for index, r in results.iterrows():
+        frame = study_predictions[r.dataset]
+        fpr, tpr, _ = roc_curve(frame["y"], frame[score_column(r.backbone, r.strategy, r.classifier)])
+        name = (f"{r.dataset} · {r.backbone} · {r.strategy} % · {CLASSIFIER_LABELS[r.classifier]} "
+                f"(AUC {r.auc_mean:.3f})")
+        parts.append(pd.DataFrame({"config": ("best: " if index == top else "") + name,
+                                   "best": "yes" if index == top else "no",
+                                   "fpr": fpr_grid, "tpr": np.interp(fpr_grid, fpr, tpr)}))
+    return pd.concat(parts, ignore_index=True).round(4)

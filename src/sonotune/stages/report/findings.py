@@ -104,7 +104,7 @@ def single_class_lines(results: pd.DataFrame) -> list[str]:
 
 
 def summary_text(params: Params, results: pd.DataFrame, table: pd.DataFrame, best: pd.DataFrame,
-                 tests: pd.DataFrame, t4_strategy: int, mlflow_note: str, t4: pd.DataFrame, variance: str) -> str:
+                 tests: pd.DataFrame, t4_strategy: int, t4: pd.DataFrame, variance: str) -> str:
     cfg = params.report
     named = tests["test"].dropna().unique() if "test" in tests else []
     test_name = " / ".join(named) if len(named) else TEST_NAMES[cfg.paired_test]
@@ -129,10 +129,14 @@ def summary_text(params: Params, results: pd.DataFrame, table: pd.DataFrame, bes
                   f"{top.recall_mean:.3f}, specificity {top.specificity_mean:.3f}, balanced accuracy "
                   f"{top.balanced_accuracy_mean:.3f}, MCC {top.mcc_mean:.3f}).",
               f"Files: reports/table3.md, table3_paper_layout.md, table4.md ({t4_strategy} %), comparisons.csv, "
-              "figures/.",
-              mlflow_note,
-              browse_line()]
+              "figures/ (auc_by_strategy_<dataset>.png: the study in one picture)."]
     return "\n".join(lines) + "\n"
+
+
+def mlflow_lines(mlflow_note: str) -> str:
+    """What the report logged to MLflow and how to browse the runs: printed, not written to summary.md (they
+    name this machine's store)."""
+    return f"{mlflow_note}\n{browse_line()}\n"
 
 
 def browse_line() -> str:

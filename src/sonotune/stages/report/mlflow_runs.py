@@ -10,6 +10,7 @@ import pandas as pd
 
 from sonotune import tracking
 from sonotune.config import Params
+from sonotune.stages.report.write import log_figures
 
 
 def log_intervals(results: pd.DataFrame, params: Params) -> str:
@@ -52,6 +53,7 @@ def log_to_parent_runs(results: pd.DataFrame, params: Params) -> tuple[int, int]
         client.set_tag(run.info.run_id, "auc_ci", f"{round(100 * (1 - params.report.alpha))} % interval of "
                                                   f"auc_oof_mean: {_interval_name(params)}")
         client.set_tag(run.info.run_id, "single_class_folds", str(int(row["single_class_folds"])))
+        log_figures(client, run.info.run_id, row["dataset"])
         updated += 1
     return updated, missing
 
