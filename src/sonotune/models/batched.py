@@ -31,7 +31,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,20 +40,24 @@ from tqdm.auto import tqdm
 from sonotune.config import Finetune
 from sonotune.cv import Fold
 from sonotune.models.prefix_cache import ActivationStore, build_suffix, prefix_key, split_model, structure_signature
-from sonotune.models.training import (
-    PREDICT_BATCH,
-    PrefixCache,
-    TrainedFold,
-    better,
-    build_fold_model,
-    class_weights,
-    fold_seed,
-    train_fold,
-)
 
 log = logging.getLogger(__name__)
 
 LOSS = "categorical_crossentropy"  # what head.build_classifier compiles; anything else goes sequential
+PREDICT_BATCH = 64  # validation images per model and call
+
+
+@dataclass(frozen=True)
+class Kit:
+    """The sequential trainer's primitives (models/training.py passes its own, so the two paths cannot drift
+    apart and this module does not import training, which imports it)."""
+
+    build_fold_model: Callable  # (cfg, backbone, strategy) -> compiled classifier
+    train_fold: Callable  # the sequential fallback: (cfg, seed, backbone, strategy, x, y, fold, cache) -> TrainedFold
+    fold_seed: Callable  # (seed, fold) -> int
+    class_weights: Callable  # (policy, y_fit) -> {class: weight} | None
+    trained_fold: Callable  # TrainedFold(model, history, best_epoch, monitored)
+    better: Callable  # (monitor, a, b) -> bool
 
 
 @dataclass
@@ -74,12 +78,12 @@ def is_available() -> bool:
     return keras.backend.backend() == "jax"
 
 
-def initial_model(cfg: Finetune, seed: int, backbone: str, strategy: int, fold: Fold):
+def initial_model(kit: Kit, cfg: Finetune, seed: int, backbone: str, strategy: int, fold: Fold):
     """The fold's model before training, built exactly as `training.train_fold` builds it."""
     import keras
 
-    keras.utils.set_random_seed(fold_seed(seed, fold))
-    return build_fold_model(cfg, backbone, strategy)
+    keras.utils.set_random_seed(kit.fold_seed(seed, fold))
+    return kit.build_fold_model(cfg, backbone, strategy)
 
 
 FIT_PEEKS = 1  # permutations Keras' JAX `fit` draws before its first epoch (`_symbolic_build` peeks one batch)
@@ -226,12 +230,12 @@ def _stackable(members: list[Member]) -> str | None:
     return None
 
 
-def prepare_members(cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.ndarray, folds: Sequence[Fold],
-                    cache: PrefixCache | None) -> tuple[list[Member], list[np.ndarray] | None]:
+def prepare_members(kit: Kit, cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.ndarray, folds: Sequence[Fold],
+                    cache) -> tuple[list[Member], list[np.ndarray] | None]:
     """Each fold's model and trained part; with the cache, its activations: (members, shared arrays or None)."""
     members = []
     for fold in folds:
-        model = initial_model(cfg, seed, backbone, strategy, fold)
+        model = initial_model(kit, cfg, seed, backbone, strategy, fold)
         split, reason = split_model(model) if cache is not None else (None, None)
         if cache is not None and split is None:
             log.warning("prefix cache: training the full models (%s)", reason)
@@ -265,24 +269,25 @@ def hand_over(source: ActivationStore, target: ActivationStore) -> None:
     source._folder = None
 
 
-def iter_train_folds_batched(cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.ndarray, y: np.ndarray,
-                             folds: Sequence[Fold], cache: PrefixCache | None = None) -> Iterator[TrainedFold]:
-    """`training.iter_train_folds` (same contract) with every fold trained at once; yields after the batch."""
+def iter_train_folds_batched(kit: Kit, cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.ndarray,
+                             y: np.ndarray, folds: Sequence[Fold], cache=None) -> Iterator:
+    """`training.iter_train_folds` (same contract, `cache` a training.PrefixCache or None) with every fold
+    trained at once; yields its TrainedFolds after the batch."""
     import keras
 
     if not folds:
         return
-    members, shared = prepare_members(cfg, seed, backbone, strategy, x, folds, cache)
+    members, shared = prepare_members(kit, cfg, seed, backbone, strategy, x, folds, cache)
     reason = _stackable(members)
     if reason:
         log.warning("parallel_folds: training %d folds sequentially (%s)", len(folds), reason)
         del members
         for fold in folds:
-            yield train_fold(cfg, seed, backbone, strategy, x, y, fold, cache)
+            yield kit.train_fold(cfg, seed, backbone, strategy, x, y, fold, cache)
             keras.backend.clear_session()
             gc.collect()
         return
-    results = train_members(cfg, seed, members, x, y, shared)
+    results = train_members(kit, cfg, seed, members, x, y, shared)
     del shared
     while results:
         member, trained = members.pop(0), results.pop(0)
@@ -307,8 +312,8 @@ def _inputs(members: list[Member], x: np.ndarray, shared: list[np.ndarray] | Non
     return [jnp.stack([np.asarray(m.store.arrays[i]) for m in members]) for i in range(n_arrays)], False
 
 
-def train_members(cfg: Finetune, seed: int, members: list[Member], x: np.ndarray, y: np.ndarray,
-                  shared: list[np.ndarray] | None) -> list[TrainedFold]:
+def train_members(kit: Kit, cfg: Finetune, seed: int, members: list[Member], x: np.ndarray, y: np.ndarray,
+                  shared: list[np.ndarray] | None) -> list:
     """Train every member at once for `cfg.epochs`; restore each one's best epoch; its TrainedFold."""
     import jax.numpy as jnp
     import keras
@@ -323,7 +328,7 @@ def train_members(cfg: Finetune, seed: int, members: list[Member], x: np.ndarray
     onehot = keras.utils.to_categorical(y, 2).astype("float32")
     weights = np.ones((len(members), len(y)), np.float32)
     for k, member in enumerate(members):
-        policy = class_weights(cfg.class_weight, y[member.fold.fit])
+        policy = kit.class_weights(cfg.class_weight, y[member.fold.fit])
         if policy is not None:
             weights[k] = np.array([policy[int(label)] for label in y], np.float32)
 
@@ -334,7 +339,7 @@ def train_members(cfg: Finetune, seed: int, members: list[Member], x: np.ndarray
                                                       shared_inputs)
     y_device, w_device = jnp.asarray(onehot), jnp.asarray(weights)
 
-    permutations = [epoch_permutations(fold_seed(seed, m.fold), len(m.fold.fit), cfg.epochs) for m in members]
+    permutations = [epoch_permutations(kit.fold_seed(seed, m.fold), len(m.fold.fit), cfg.epochs) for m in members]
     monitor = cfg.monitor
     K = len(members)
     history = [dict() for _ in members]
@@ -369,9 +374,9 @@ def train_members(cfg: Finetune, seed: int, members: list[Member], x: np.ndarray
             for name, value in logs.items():
                 history[k].setdefault(name, []).append(value)
         current = np.array([history[k][monitor][-1] for k in range(K)])
-        improved = np.array([epoch == 0 or better(monitor, current[k], best_value[k]) for k in range(K)])
+        improved = np.array([epoch == 0 or kit.better(monitor, current[k], best_value[k]) for k in range(K)])
         # EarlyStopping: the first epoch's weights are kept even when its value is no improvement (NaN)
-        reached = np.array([better(monitor, current[k], best_value[k]) for k in range(K)])
+        reached = np.array([kit.better(monitor, current[k], best_value[k]) for k in range(K)])
         best_value = np.where(reached, current, best_value)
         best_epoch = np.where(improved, epoch, best_epoch)
         mask = jnp.asarray(improved)
@@ -385,6 +390,6 @@ def train_members(cfg: Finetune, seed: int, members: list[Member], x: np.ndarray
                                      best_state, strict=True):
             for variable, value in zip(variables, values, strict=True):
                 variable.assign(np.asarray(value[k]))
-        results.append(TrainedFold(member.model, dict(sorted(history[k].items())), int(best_epoch[k]),
+        results.append(kit.trained_fold(member.model, dict(sorted(history[k].items())), int(best_epoch[k]),
                                    float(best_value[k])))
     return results
