@@ -7,10 +7,12 @@ first sits that step out).
 
 Tolerance: float rounding of float32 through Adam. The batched step runs vmapped kernels, whose summation
 order differs from the single model's; Adam divides each update by sqrt(v) + 1e-7, so a gradient that is
-rounding noise still moves its weight by up to the learning rate. Measured on the CI-like CPU: weights within
-2e-4 of each tensor's scale, history within 3e-7, while training moved the weights by ~1e-1 of their scale
-and the two folds differ by O(1). Asserted: weights within 1e-3 of the scale and 100× below the displacement,
-histories within 1e-5, same best epoch, same chosen value, predicted probabilities within 1e-4.
+rounding noise still moves its weight by up to the learning rate. Measured (2-core x86 CPU, jax 0.10.2,
+keras 3.15.1): weights within 1e-4 of each tensor's scale and within 3e-3 of how far training moved that
+tensor, history and monitored value within 2.4e-7, probabilities within 1.2e-7, best epochs equal; dropout on:
+reruns bit-identical, a fold alone in its batch or by train_fold within 7e-5 of the scale. Asserted: weights
+within 1e-3 of the scale and 2e-2 of the displacement, histories within 1e-5, same best epoch, probabilities
+within 1e-4.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def test_with_dropout_off_each_batched_model_equals_its_fold_trained_alone(measu
     result = measured["equivalence"]
     for fold in ("fold0", "fold1"):
         assert_same_training(result[fold])
-        assert result[fold]["of_displacement"] <= 0.01, result[fold]  # training moved the weights 100× further
+        assert result[fold]["of_displacement"] <= 0.02, result[fold]  # training moved the weights 50× further
     assert result["folds_differ"] > 0.1  # two different networks, not one trained twice
 
 
