@@ -222,16 +222,15 @@ def _stackable(members: list[Member]) -> str | None:
     for member in members[1:]:
         for a, b in ((first.trainable_variables, member.trainer.trainable_variables),
                      (first.non_trainable_variables, member.trainer.non_trainable_variables)):
-            if [tuple(v.shape) for v in a] != [tuple(v.shape) for v in b] or [v.dtype for v in a] != [v.dtype
-                                                                                                for v in b]:
+            if [(tuple(v.shape), v.dtype) for v in a] != [(tuple(v.shape), v.dtype) for v in b]:
                 return "folds of different structure"
     if members[0].model.get_compile_config().get("loss") != LOSS:
         return f"loss is not {LOSS}"
     return None
 
 
-def prepare_members(kit: Kit, cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.ndarray, folds: Sequence[Fold],
-                    cache) -> tuple[list[Member], list[np.ndarray] | None]:
+def prepare_members(kit: Kit, cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.ndarray,
+                    folds: Sequence[Fold], cache) -> tuple[list[Member], list[np.ndarray] | None]:
     """Each fold's model and trained part; with the cache, its activations: (members, shared arrays or None)."""
     members = []
     for fold in folds:
