@@ -110,6 +110,12 @@ def iter_train_folds(cfg: Finetune, seed: int, backbone: str, strategy: int, x: 
     """
     import keras
 
+    if cfg.parallel_folds and keras.backend.backend() == "jax":  # every fold at once (models/batched.py)
+        from sonotune.models.batched import Kit, iter_train_folds_batched
+
+        kit = Kit(build_fold_model, train_fold, fold_seed, class_weights, TrainedFold, better)
+        yield from iter_train_folds_batched(kit, cfg, seed, backbone, strategy, x, y, folds, cache)
+        return
     for fold in folds:
         yield train_fold(cfg, seed, backbone, strategy, x, y, fold, cache)
         keras.backend.clear_session()
