@@ -61,7 +61,8 @@ def test_intervals_go_onto_the_producing_parent_runs_only(local_mlflow):
         classifier = run_["tags.classifier"]
         assert run_["metrics.auc_ci_low"] == pytest.approx(row[f"{classifier}_auc_low"], abs=1e-4)
         assert run_["metrics.auc_ci_high"] == pytest.approx(row[f"{classifier}_auc_high"], abs=1e-4)
-        assert run_["params.strategy"] == run_["tags.strategy"] and run_["params.backbone"] == "vgg16"
+        assert run_["params.config.strategy"] == run_["tags.strategy"] and run_["params.config.backbone"] == "vgg16"
+        assert run_["params.config.classifier"] == classifier
         assert run_["metrics.auc_oof_mean"] == pytest.approx(row[f"{classifier}_auc"], abs=1e-4)
         one_class = run_["tags.strategy"] == "15" and classifier == "svm"
         assert run_["tags.single_class_folds"] == ("3" if one_class else "0")

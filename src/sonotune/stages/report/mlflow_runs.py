@@ -46,8 +46,10 @@ def log_to_parent_runs(results: pd.DataFrame, params: Params) -> tuple[int, int]
         # the interval's own statistic: equal to the stage's auc_mean except for the SVM under protocol paper
         values |= {"auc_oof_mean": row["auc_mean"], "auc_ci_low": row["auc_low"], "auc_ci_high": row["auc_high"]}
         metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if not math.isnan(float(v))]
-        # the compare view plots params, not tags: give it the grid's axes where the stage did not log them
-        axes = {k: str(row[k]) for k in ("backbone", "strategy", "classifier") if k not in run.data.params}
+        # the compare view plots params, not tags: give it the grid's axes where the stage did not log them (runs
+        # of an older sonotune)
+        axes = tracking.configuration_params(row["backbone"], row["strategy"], row["classifier"])
+        axes = {k: v for k, v in axes.items() if k not in run.data.params}
         client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in axes.items()])
         client.set_tag(run.info.run_id, "auc_ci", f"{round(100 * (1 - params.report.alpha))} % interval of "
                                                   f"auc_oof_mean: {_interval_name(params)}")
