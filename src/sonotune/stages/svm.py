@@ -229,7 +229,7 @@ def run_svm(params: Params, dataset: str, backbone: str, strategy: int, estimato
     with tempfile.TemporaryDirectory() as scratch, \
             tracking.parent_run(dataset, backbone, strategy, CLASSIFIER, params.protocol, run_params,
                                 extra_tags=tags) as parent:
-        tracking.log_dataset(data.rows[data.repeat_rows(0)], {"digest": tags.get("dataset_digest")}, dataset)
+        tracking.log_dataset(data.rows.iloc[data.repeat_rows(0)], {"digest": tags.get("dataset_digest")}, dataset)
         default_study = cfg.search == "optuna" and cfg.optuna.storage is None
         storage = f"sqlite:///{Path(scratch) / STUDY_FILE}" if default_study else cfg.optuna.storage
         if cfg.search == "optuna":
