@@ -7,7 +7,8 @@ From the store (`--store`, default `mlruns/mlflow.db`, the demo's) it picks the 
 `mlflow server` on 127.0.0.1 (a free port, read-only use), and with Playwright driving Chromium takes
 - `docs/mlflow_compare.png`: the compare view of those parent runs, as MLflow opens it (default axes: nothing is
   clicked, so the picture shows what a newcomer sees);
-- `docs/mlflow_runs_filter.png`: the experiment's runs table filtered to `tags.fold = 'all'`;
+- `docs/mlflow_runs_filter.png`: the experiment's runs table filtered to `tags.fold = 'all'`, with the columns
+  the README names ticked in its Columns menu (`TABLE_COLUMNS`; MLflow 3 shows no metric by default);
 - `docs/cross_strategy.png`: the report's cross-strategy figure (`reports/figures/*strateg*.png`), copied as it
   is, or skipped with a note when the report wrote none.
 
@@ -38,7 +39,11 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parents[1]
 PARENTS = "tags.fold = 'all'"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium-headless-shell", "/usr/bin/chromium")
-VIEWPORT = {"width": 1500, "height": 1000}
+VIEWPORT = {"width": 1700, "height": 1000}
+# the runs table's columns: MLflow 3 shows no metric or param by default; the README names these
+TABLE_COLUMNS = ("config.backbone", "config.strategy", "config.classifier", "auc_mean_3dp", "auc_ci_low",
+                 "auc_ci_high")
+HIDDEN_COLUMNS = ("Source", "Models")  # shown by default, empty or the same on every parent run
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,19 @@ def _close_side_panels(page) -> None:
             return
 
 
+def _choose_columns(page, show: tuple[str, ...], hide: tuple[str, ...]) -> None:
+    """Tick `show` and untick `hide` in the runs table's Columns menu (each name clicked once: a toggle)."""
+    page.get_by_role("button", name="Columns", exact=True).click()
+    search = page.get_by_placeholder("Search columns")
+    for name in (*show, *hide):
+        search.fill(name)
+        page.wait_for_timeout(500)
+        item = page.locator("[role=dialog]").get_by_text(name, exact=True)
+        if item.count():  # a column the runs lack (e.g. no report yet: no auc_ci_low) is left out
+            item.first.click()
+    page.keyboard.press("Escape")
+
+
 def take_screenshots(base: str, study: Study, out: Path, chromium: str | None, wait_ms: int = 4000) -> list[Path]:
     """The compare view (default axes) and the filtered runs table, as PNGs under `out`."""
     from playwright.sync_api import sync_playwright
@@ -170,6 +188,7 @@ def take_screenshots(base: str, study: Study, out: Path, chromium: str | None, w
             page.goto(runs_url(base, study))
             page.get_by_text(study.configurations[0][0]).first.wait_for(timeout=120_000)
             _close_side_panels(page)
+            _choose_columns(page, TABLE_COLUMNS, HIDDEN_COLUMNS)
             page.wait_for_timeout(wait_ms)
             path = out / "mlflow_runs_filter.png"
             page.screenshot(path=str(path))
