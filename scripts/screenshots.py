@@ -189,6 +189,7 @@ def take_screenshots(base: str, study: Study, out: Path, chromium: str | None, w
             page.get_by_text(study.configurations[0][0]).first.wait_for(timeout=120_000)
             _close_side_panels(page)
             _choose_columns(page, TABLE_COLUMNS, HIDDEN_COLUMNS)
+            page.mouse.move(VIEWPORT["width"] // 2, VIEWPORT["height"] - 50)  # no tooltip over the table
             page.wait_for_timeout(wait_ms)
             path = out / "mlflow_runs_filter.png"
             page.screenshot(path=str(path))

@@ -40,6 +40,7 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -228,8 +229,12 @@ def log_dataset(manifest, info: dict | None, dataset: str) -> None:
     columns = [c for c in ("path", "group", "label") if c in manifest.columns]
     digest = str((info or {}).get("digest", ""))[:36] or None  # MLflow keeps at most 36 characters
     source = f"prepared/{dataset}"
-    data = mlflow.data.from_pandas(manifest[columns].reset_index(drop=True), source=source, targets="label",
-                                   name=dataset, digest=digest)
+    with warnings.catch_warnings():
+        # MLflow registers its local-artifact source twice and warns that a path "can be interpreted in multiple
+        # ways" (both the same class) on every call
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        data = mlflow.data.from_pandas(manifest[columns].reset_index(drop=True), source=source, targets="label",
+                                       name=dataset, digest=digest)
     mlflow.log_input(data, context="training")
 
 
