@@ -139,9 +139,9 @@ def map_verdict(heat: np.ndarray) -> str | None:
     """Why a map shows nothing, or None when it does: "empty" (all zero: no location raises the target) or
     "flat" (the same weight everywhere, within `FLAT`)."""
     if not np.any(heat > 0):
-        return "empty Grad-CAM map: no location raises the malignant score"
+        return "empty Grad-CAM map\n(no location raises the malignant score)"
     if float(heat.max() - heat.min()) < FLAT:
-        return "flat Grad-CAM map: every location weighs the same, none stands out"
+        return "flat Grad-CAM map\n(every location weighs the same)"
     return None
 
 
@@ -161,7 +161,7 @@ def save_figure(path: Path, image: np.ndarray, heat: np.ndarray, alpha: float = 
     axes[0].imshow(shown, interpolation="bilinear")
     axes[0].set_title("image", fontsize=9)
     axes[1].imshow(overlay(image, heat, alpha), interpolation="bilinear")
-    axes[1].set_title(verdict or "Grad-CAM (red: evidence for malignant)", fontsize=8)
+    axes[1].set_title(verdict or "Grad-CAM\n(red: evidence for malignant)", fontsize=8)
     for ax in axes:
         ax.set_axis_off()
     fig.suptitle(title, fontsize=9)
