@@ -157,3 +157,14 @@ def test_tiny_pipeline_against_a_real_mlflow_server(tmp_path, mlflow_server):
         row = table.loc[int(parent["tags.strategy"])]
         assert parent["metrics.auc_ci_low"] == pytest.approx(row[f"{parent['tags.classifier']}_auc_low"], abs=1e-4)
         assert parent["metrics.auc_ci_low"] <= parent["metrics.auc_mean"] <= parent["metrics.auc_ci_high"]
+    # MLP and SVM parents carry the same configuration params and tags (the SVM adds only the svm.* that apply)
+    params = {c: {k for k in parents.columns if k.startswith("params.") and pd.notna(parent[k])}
+              for c, parent in parents.set_index("tags.classifier", drop=False).groupby(level=0).first().iterrows()}
+    assert params["svm"] - params["mlp"] == {k for k in params["svm"] if k.startswith("params.svm.")} != set()
+    assert params["mlp"] <= params["svm"] and not any(".optuna." in k or "chosen_c" in k for k in params["svm"])
+    tags = {c: {k for k in parents.columns if k.startswith("tags.") and pd.notna(parent[k])}
+            for c, parent in parents.set_index("tags.classifier", drop=False).groupby(level=0).first().iterrows()}
+    readme = {"dataset", "backbone", "strategy", "classifier", "fold", "protocol", "git_commit", "dvc_exp",
+              "dataset_digest", "dataset_source", "dataset_n_images", "dataset_n_benign", "sonotune.fingerprint"}
+    assert {f"tags.{t}" for t in readme} <= tags["mlp"] & tags["svm"]
+    assert len(set(parents["tags.mlflow.runName"])) == len(parents)
