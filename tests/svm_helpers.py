@@ -11,6 +11,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
+from sonotune import tracking
 from sonotune.config import parse_params
 from sonotune.cv import outer_folds
 from sonotune.layout import stage_dir
@@ -83,4 +84,10 @@ def write_finetune_output(root: Path, n_benign: int = 40, n_malignant: int = 20,
     out.mkdir(parents=True)
     rows.to_csv(out / "oof.csv", index=False)
     np.savez(out / "features.npz", **arrays)
+    tracking.write_record(out, RECORD_PARAMS, RECORD_TAGS)  # what the finetune parent logged
     return tests
+
+
+# the configuration params and tags of write_finetune_output's (imagined) finetune parent run
+RECORD_PARAMS = {"finetune.epochs": 3, "finetune.input_size": 32, "cv.n_splits": N_FOLDS, "dataset": DATASET}
+RECORD_TAGS = {"dataset_digest": "d1g3st", "dataset_n_images": "60", "sonotune.fingerprint": "mlpfingerprint"}

@@ -106,3 +106,16 @@ def test_finetune_stage_logs_overlays_for_the_first_test_images_of_each_fold(tmp
     for fold in folds:
         overlays = [a.path for a in client.list_artifacts(fold.info.run_id, "gradcam")]
         assert len(overlays) == 2 and all(p.endswith(".png") for p in overlays), overlays
+
+
+def test_an_empty_or_flat_map_is_said_and_a_figure_shows_the_image_beside_it(tmp_path):
+    from sonotune.gradcam import map_verdict, save_figure
+
+    ramp = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (32, 1))
+    assert map_verdict(ramp) is None
+    assert map_verdict(np.zeros((32, 32), np.float32)).startswith("empty")
+    assert map_verdict(np.full((32, 32), 0.98, np.float32)).startswith("flat")
+    image = (np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint8)
+    path = save_figure(tmp_path / "g" / "x.png", image, ramp, 0.4, "phantom · vgg16 · 0 % trainable · MLP head")
+    with Image.open(path) as figure:
+        assert figure.size[0] >= 2 * 300 and figure.size[1] >= 300  # two panels, each well above 32 px

@@ -43,7 +43,7 @@ def test_parent_run_is_tagged_and_resumed_by_id(store):
     with tracking.parent_run("toy", "vgg16", 15, "mlp", "paper", {"a": 1}, extra_tags=extra) as run:
         first = run.info.run_id
         with tracking.fold_run(run, 0) as child:
-            child_tags = child.data.tags
+            child_tags, child_id = child.data.tags, child.info.run_id
     with tracking.parent_run("toy", "vgg16", 15, "mlp", "paper", {"a": 1}, run_id=first, extra_tags=extra) as run:
         assert run.info.run_id == first
     client = MlflowClient()
@@ -54,7 +54,10 @@ def test_parent_run_is_tagged_and_resumed_by_id(store):
                 "fold": "all", "dvc_exp": "exp-1", "dataset_digest": "abc123", "dataset_n_images": "12",
                 "dataset_n_malignant": "4", "dataset_source": "phantom"}
     assert parent.data.tags.items() >= expected.items()
-    assert parent.data.params == {"a": "1"}
+    assert parent.data.params == {"a": "1", "config.backbone": "vgg16", "config.classifier": "mlp",
+                                  "config.strategy": "15"}
+    assert parent.info.run_name == "vgg16-15-mlp@exp-1"  # the DVC experiment's name
+    assert client.get_run(child_id).info.run_name == "vgg16-15-mlp@exp-1-fold0"
     assert child_tags["fold"] == "0" and child_tags["mlflow.parentRunId"] == first
     assert child_tags["dataset_digest"] == "abc123" and child_tags[tracking.FINGERPRINT_TAG] == "fp"
 
@@ -107,3 +110,66 @@ def test_two_workers_creating_the_experiment_at_once_share_it(store, monkeypatch
 
     monkeypatch.setattr(mlflow, "get_experiment_by_name", before_the_winner_then_real)
     assert tracking.ensure_experiment("raced") == winner
+
+
+def test_run_names_are_unique_per_experiment(store, monkeypatch):
+    """Under `dvc exp run` the name carries the experiment's; a name already taken (a rerun) gets #2, #3."""
+    names = []
+    for exp in ("exp-1", "exp-1", "", ""):
+        monkeypatch.setenv("DVC_EXP_NAME", exp)
+        with tracking.parent_run("toy", "vgg16", 0, "svm", "paper", {}) as run:
+            names.append(run.info.run_name)
+    assert names == ["vgg16-0-svm@exp-1", "vgg16-0-svm@exp-1#2", "vgg16-0-svm", "vgg16-0-svm#2"]
+
+
+def test_experiment_description_says_how_to_filter_and_keeps_a_users_edit(store):
+    client = MlflowClient(tracking.configure())
+    experiment_id = tracking.ensure_experiment("toy")
+    note = client.get_experiment(experiment_id).tags[tracking.NOTE_TAG]
+    assert "tags.fold = 'all'" in note and tracking.HEADLINE in note
+    client.set_experiment_tag(experiment_id, tracking.NOTE_TAG, "our own notes")
+    tracking.ensure_experiment("toy")
+    assert client.get_experiment(experiment_id).tags[tracking.NOTE_TAG] == "our own notes"
+
+
+def test_configuration_params_sort_first_and_the_headline_is_logged_first(store):
+    """MLflow's compare view opens on the first three differing params in sorted order and on the first metric the
+    first run logged (MLflow 3.17, ParallelCoordinatesPlotPanel): the configuration and the headline."""
+    params = {"cv.n_splits": 5, "dataset": "toy", "finetune.epochs": 3, "protocol": "paper", "seed": 1,
+              "svm.c_grid": "[1.0]"}
+    with tracking.parent_run("toy", "resnet50", 15, "svm", "paper", params) as run:
+        tracking.log_summary({"accuracy_mean": 0.5, "auc_mean": 0.61234, "auc_sd": 0.1})
+    assert sorted(MlflowClient().get_run(run.info.run_id).data.params)[:3] == list(tracking.CONFIG_PARAMS)
+    metrics = MlflowClient().get_run(run.info.run_id).data.metrics
+    assert list(metrics)[0] == tracking.HEADLINE and metrics[tracking.HEADLINE] == 0.612
+    assert metrics["auc_mean"] == 0.61234  # the full value stays
+
+
+def test_dataset_input_fills_the_datasets_column(store):
+    import pandas as pd
+
+    manifest = pd.DataFrame({"path": ["a.png", "b.png"], "group": ["1", "2"], "label": ["benign", "malignant"],
+                             "other": [0, 1]})
+    with tracking.parent_run("toy", "vgg16", 0, "mlp", "paper", {}) as run:
+        tracking.log_dataset(manifest, {"digest": "abc123"}, "toy")
+    inputs = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("toy", "abc123")]
+    assert inputs[0].tags[0].value == "training"
+
+
+def test_a_logged_model_is_named_and_tagged_like_its_run(store):
+    run = type("Run", (), {})()
+    run.info = type("Info", (), {"run_name": "vgg16-15-svm@exp.1-fold0", "run_id": "r1"})()
+    run.data = type("Data", (), {"tags": {"backbone": "vgg16", "fold": "0", "git_commit": "x", "mlflow.user": "u"}})()
+    assert tracking.model_name(run) == "vgg16-15-svm@exp_1-fold0"  # MLflow refuses '.' in model names
+    assert tracking.model_tags(run) == {"backbone": "vgg16", "fold": "0", "run_name": "vgg16-15-svm@exp.1-fold0",
+                                        "source_run_id": "r1"}
+
+
+def test_the_svm_parent_copies_the_finetune_record(tmp_path):
+    tracking.write_record(tmp_path, {"finetune.epochs": 3, "config.backbone": "x"}, {"dataset_digest": "d",
+                                                                                        tracking.FINGERPRINT_TAG: "f"})
+    record = tracking.read_record(tmp_path)
+    assert record["tags"]["dataset_digest"] == "d" and record["params"]["finetune.epochs"] == 3
+    assert tracking.read_record(tmp_path / "nothing") is None
+    assert tracking.derived_fingerprint("f", {"svm.x": 1}) != tracking.derived_fingerprint("f", {"svm.x": 2})

@@ -11,7 +11,8 @@ the image's own size, is the heat map. Targets:
 
 Gradients use `tf.GradientTape`: Keras 3 has no backend-neutral gradient API, and TensorFlow is the supported
 backend of this project (on JAX or PyTorch this module raises a clear error). Used by `sonotune predict
---gradcam DIR` and by the finetune stage (overlays of `gradcam.study_images` test images per fold).
+--gradcam DIR` and by the finetune stage (`save_figure`: each of `gradcam.study_images` test images per fold
+beside its overlay, upscaled for reading, an empty or flat map said as such in the title).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from PIL import Image
 from sonotune.errors import ConfigError
 
 EPS = 1e-7
+FLAT = 0.05  # a map whose values span less than this (of its [0, 1] range) shows no location standing out
+FIGURE_PANEL_INCHES = 3.2  # each panel of `save_figure`, at 100 dpi: a 64 px image is shown at 320 px
 
 
 def layer_for(backbone: str, classifier) -> str:
@@ -129,4 +132,40 @@ def save_overlay(path: Path, image: np.ndarray, heat: np.ndarray, alpha: float =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay(image, heat, alpha)).save(path)
+    return path
+
+
+def map_verdict(heat: np.ndarray) -> str | None:
+    """Why a map shows nothing, or None when it does: "empty" (all zero: no location raises the target) or
+    "flat" (the same weight everywhere, within `FLAT`)."""
+    if not np.any(heat > 0):
+        return "empty Grad-CAM map\n(no location raises the malignant score)"
+    if float(heat.max() - heat.min()) < FLAT:
+        return "flat Grad-CAM map\n(every location weighs the same)"
+    return None
+
+
+def save_figure(path: Path, image: np.ndarray, heat: np.ndarray, alpha: float = 0.4, title: str = "") -> Path:
+    """The image beside its overlay (`overlay`), both upscaled to `FIGURE_PANEL_INCHES`, under `title`; an empty
+    or flat map (`map_verdict`) is said in the title instead of showing an image that merely looks cold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    verdict = map_verdict(heat)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * FIGURE_PANEL_INCHES, FIGURE_PANEL_INCHES + 0.8))
+    shown = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
+    axes[0].imshow(shown, interpolation="bilinear")
+    axes[0].set_title("image", fontsize=9)
+    axes[1].imshow(overlay(image, heat, alpha), interpolation="bilinear")
+    axes[1].set_title(verdict or "Grad-CAM\n(red: evidence for malignant)", fontsize=8)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path

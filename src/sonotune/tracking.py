@@ -7,6 +7,16 @@ classifier) carrying mean ± sd metrics; a nested child run per fold. Every run 
 `dataset_n_images` and the other `dataset_*` counts of data.prepared.dataset_info when the dataset is prepared, and
 `sonotune.fingerprint`, the configuration's hash).
 
+What MLflow's UI shows by default (checked in MLflow 3.17's compare page, `ParallelCoordinatesPlotPanel`): the
+parallel-coordinates plot opens on the first three *differing* params in sorted order and on the first metric the
+first run logged. So every parent run logs its configuration as `config.backbone`, `config.classifier` and
+`config.strategy` (`CONFIG_PARAMS`: "config." sorts before every other param we log: cv.*, dataset, finetune.*,
+protocol, seed, svm.*), and `log_summary` logs the headline `auc_mean_3dp` (the mean AUC over folds rounded to 3
+decimals for the eye; `auc_mean` keeps it in full) before any other metric. Run names are unique per experiment
+(`unique_run_name`: the DVC experiment's name when there is one, else a counter); the experiment's description
+(`mlflow.note.content`) says how to filter and compare; the prepared dataset is an MLflow dataset input
+(`log_dataset`); a logged model is named and tagged like its run (`model_name`, `model_tags`).
+
 Crash recovery: a stage that resumes passes the old parent's id to `parent_run` (MLflow resumes it);
 `discard_unfinished_folds` marks the interrupted fold runs FAILED and deletes them (soft delete, still in the
 store), `fail_stale_runs` marks any other run of the same fingerprint still RUNNING as FAILED. So a rerun
@@ -21,6 +31,8 @@ before any training.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import signal
@@ -28,6 +40,7 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -36,6 +49,12 @@ from sonotune.errors import SonotuneError, mask_credentials, require_writable
 
 LOCAL_STORE = Path("mlruns")
 FINGERPRINT_TAG = "sonotune.fingerprint"
+CONFIG_PARAMS = ("config.backbone", "config.classifier", "config.strategy")
+HEADLINE = "auc_mean_3dp"
+NOTE_TAG = "mlflow.note.content"
+RECORD_FILE = "mlflow.json"  # in runs/D/B/S/mlp/: the finetune parent's configuration params and tags
+# tags of a run that say which configuration and fold it is (copied onto the models it logs)
+CONFIGURATION_TAGS = ("dataset", "backbone", "strategy", "classifier", "fold", "repeat", "protocol", "dvc_exp")
 # MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) wait ~4 min per call on a lost server, and a
 # failing stage makes several calls (log, end fold run, end parent run): 2 retries, 1 s backoff and a 15 s
 # timeout surface a refused connection in ~3 s per call and keep a slow upload alive (the timeout is per read)
@@ -82,23 +101,37 @@ def experiment_name(dataset: str) -> str:
     return f"sonotune-{dataset}"
 
 
+def experiment_description(dataset: str) -> str:
+    """The experiment's description (Markdown, shown above its runs): what a run is and how to compare them."""
+    return (
+        f"**sonotune study on `{dataset}`.** One parent run per configuration (backbone × fine-tuning strategy × "
+        f"classifier), one nested run per fold.\n\n"
+        f"Compare configurations: filter the runs with `tags.fold = 'all'` (add `and tags.classifier = 'svm'` or "
+        f"`and tags.dvc_exp = '<experiment>'` to narrow), select them and press *Compare*. Its parallel-coordinates "
+        f"plot opens on {', '.join(CONFIG_PARAMS)} and `{HEADLINE}` (the mean ROC AUC over folds, 3 decimals; "
+        f"`auc_mean` holds it in full). The report stage adds the 95 % interval `auc_ci_low`/`auc_ci_high`.")
+
+
 def ensure_experiment(dataset: str) -> str:
-    """Id of the dataset's experiment, created (artifacts under mlruns/artifacts when local) if needed."""
+    """Id of the dataset's experiment, created (artifacts under mlruns/artifacts when local) if needed, with its
+    description (`experiment_description`) unless it already has one (a teammate's edit is kept)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     name = experiment_name(dataset)
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = (LOCAL_STORE / "artifacts" / name).resolve().as_uri() if _uses_local_store() else None
-    try:
-        return mlflow.create_experiment(name, artifact_location=location)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        # another worker (a DVC queue job, a teammate) created it between our look-up and our create
-        return mlflow.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        location = (LOCAL_STORE / "artifacts" / name).resolve().as_uri() if _uses_local_store() else None
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            # another worker (a DVC queue job, a teammate) created it between our look-up and our create
+        experiment = mlflow.get_experiment_by_name(name)
+    if NOTE_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, NOTE_TAG, experiment_description(dataset))
+    return experiment.experiment_id
 
 
 def git_commit() -> str:
@@ -132,10 +165,36 @@ def run_name(backbone: str, strategy: int, classifier: str, fold: int | None = N
     return base if fold is None else f"{base}-fold{fold}"
 
 
+def unique_run_name(experiment_id: str, base: str) -> str:
+    """`base@<DVC experiment>` under `dvc exp run`, else `base`; `#2`, `#3`, … appended while a run of the
+    experiment (deleted ones included) already has that name."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    exp = os.environ.get("DVC_EXP_NAME", "")
+    name = f"{base}@{exp}" if exp else base
+    quoted = name.replace("'", "\\'")
+    taken = {run.info.run_name for run in MlflowClient().search_runs(
+        [experiment_id], filter_string=f"attributes.run_name LIKE '{quoted}%'", run_view_type=ViewType.ALL,
+        max_results=1000)}
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}#{n}"
+    return candidate
+
+
+def configuration_params(backbone: str, strategy: int, classifier: str) -> dict[str, str]:
+    """The configuration as params (`CONFIG_PARAMS`): the compare view's default axes."""
+    values = {"backbone": backbone, "classifier": classifier, "strategy": str(strategy)}
+    return {name: values[name.removeprefix("config.")] for name in CONFIG_PARAMS}
+
+
 @contextmanager
 def parent_run(dataset: str, backbone: str, strategy: int, classifier: str, protocol: str, params: dict,
                *, run_id: str | None = None, extra_tags: dict | None = None):
-    """A parent run with tags and flattened params; ends FAILED (not RUNNING) if the body raises.
+    """A parent run with tags, the configuration params (`configuration_params`) and `params`; ends FAILED
+    (not RUNNING) if the body raises.
 
     With `run_id`, that run is resumed (status back to RUNNING, FINISHED at the end) instead of a new one.
     """
@@ -147,12 +206,67 @@ def parent_run(dataset: str, backbone: str, strategy: int, classifier: str, prot
     if run_id is not None:
         context = mlflow.start_run(run_id=run_id, tags=tags)
     else:
-        context = mlflow.start_run(
-            experiment_id=experiment_id, run_name=run_name(backbone, strategy, classifier), tags=tags
-        )
+        name = unique_run_name(experiment_id, run_name(backbone, strategy, classifier))
+        context = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
     with context as run:
-        mlflow.log_params(params)
+        mlflow.log_params(configuration_params(backbone, strategy, classifier) | params)
         yield run
+
+
+def log_summary(summary: dict, extra: dict | None = None) -> None:
+    """A parent run's fold summary, the headline (`HEADLINE`, rounded for display) logged first: MLflow's compare
+    view opens on the first metric a run logged."""
+    import mlflow
+
+    mlflow.log_metrics({HEADLINE: round(float(summary["auc_mean"]), 3)} | summary | (extra or {}))
+
+
+def log_dataset(manifest, info: dict | None, dataset: str) -> None:
+    """The prepared dataset as an MLflow dataset input of the active run (its Datasets column): the manifest's
+    path, group and label columns, named after the dataset and carrying the prepared digest."""
+    import mlflow
+
+    columns = [c for c in ("path", "group", "label") if c in manifest.columns]
+    digest = str((info or {}).get("digest", ""))[:36] or None  # MLflow keeps at most 36 characters
+    source = f"prepared/{dataset}"
+    with warnings.catch_warnings():
+        # MLflow registers its local-artifact source twice and warns that a path "can be interpreted in multiple
+        # ways" (both the same class) on every call
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        data = mlflow.data.from_pandas(manifest[columns].reset_index(drop=True), source=source, targets="label",
+                                       name=dataset, digest=digest)
+    mlflow.log_input(data, context="training")
+
+
+def write_record(folder: Path, params: dict, tags: dict) -> Path:
+    """`folder/RECORD_FILE`: the configuration params and tags a finetune parent logged, for the svm stage's parent
+    to log the same (`read_record`). Nothing run- or machine-specific: it is a DVC output."""
+    path = folder / RECORD_FILE
+    path.write_text(json.dumps({"params": params, "tags": tags}, indent=2, default=str) + "\n")
+    return path
+
+
+def read_record(folder: Path) -> dict | None:
+    """The record `write_record` left in `folder`, or None (outputs of a sonotune that wrote none)."""
+    path = folder / RECORD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def derived_fingerprint(base: str, extra: dict) -> str:
+    """A fingerprint of `base` (another run's) and `extra` (what this run adds), 16 hex digits."""
+    text = json.dumps({"base": base, "extra": extra}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_name(run) -> str:
+    """A logged model's name: its run's name, with the characters MLflow refuses in model names replaced."""
+    return re.sub(r"[/:.%\"']", "_", run.info.run_name or "model")
+
+
+def model_tags(run) -> dict[str, str]:
+    """The configuration tags of `run` (`CONFIGURATION_TAGS`) plus its id, for the model it logs."""
+    tags = {k: v for k, v in run.data.tags.items() if k in CONFIGURATION_TAGS}
+    return tags | {"run_name": run.info.run_name or "", "source_run_id": run.info.run_id}
 
 
 def resumable_run_id(run_id: str | None) -> str | None:
@@ -232,14 +346,14 @@ def resumed_run(run_id: str):
         yield run
 
 
-def log_keras_model(model, example, name: str = "model") -> None:
-    """Log a Keras 3 model (`.keras` format) to the active run with MLflow's keras flavor; `example` (a few
-    inputs) gives its signature."""
+def log_keras_model(model, example, run) -> None:
+    """Log a Keras 3 model (`.keras` format) to the active run `run` with MLflow's keras flavor, named and tagged
+    like the run (`model_name`, `model_tags`); `example` (a few inputs) gives its signature."""
     import mlflow
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, model.predict(example, verbose=0))
-    mlflow.keras.log_model(model, name=name, signature=signature)
+    mlflow.keras.log_model(model, name=model_name(run), signature=signature, tags=model_tags(run))
 
 
 @contextmanager
@@ -249,9 +363,8 @@ def fold_run(parent, fold: int, repeat: int = 0):
 
     tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")} | {
         "fold": str(fold), "repeat": str(repeat)}
-    name = run_name(tags["backbone"], int(tags["strategy"]), tags["classifier"], fold)
-    if repeat:
-        name = f"{run_name(tags['backbone'], int(tags['strategy']), tags['classifier'])}-repeat{repeat}-fold{fold}"
+    # the parent's (unique) name: the fold runs of two experiments differ too
+    name = f"{parent.info.run_name}-repeat{repeat}-fold{fold}" if repeat else f"{parent.info.run_name}-fold{fold}"
     with mlflow.start_run(
         experiment_id=parent.info.experiment_id, run_name=name, nested=True, tags=tags
     ) as run:

@@ -96,6 +96,13 @@ def test_killed_run_resumes_missing_folds_into_one_parent_and_matches_an_uninter
     best_fold = parents["tags.best_fold"].item()
     best_run = next(r for r in live if r.data.tags["fold"] == best_fold)
     assert models[0].source_run_id == best_run.info.run_id
+    assert models[0].name == best_run.info.run_name and models[0].tags["fold"] == best_fold  # named like its run
+    parent = client.get_run(parent_id)  # the configuration as params, nothing twice, the dataset as an input
+    assert parent.data.params["config.classifier"] == "mlp" and "input_size" not in parent.data.params
+    assert [i.dataset.name for i in parent.inputs.dataset_inputs] == ["phantom"]
+    record = json.loads((repo / "runs/phantom/vgg16/0/mlp/mlflow.json").read_text())  # for the svm parent
+    assert {k: str(v) for k, v in record["params"].items()} == {
+        k: v for k, v in parent.data.params.items() if not k.startswith("config.")}
     assert best_run.data.metrics["best_monitored"] == max(r.data.metrics["best_monitored"] for r in live)
 
     # outputs complete, resume store cleared

@@ -20,8 +20,8 @@ from sonotune.layout import stage_dir
 from sonotune.stages.svm import run_svm
 from sonotune.svm.search import svm_pipeline
 from tests.workspace import ROOT, tiny_params
-from tests.svm_helpers import (BACKBONE, DATASET, N_FOLDS, STRATEGY, fitted_rows, recording_pipeline, svm_params,
-                               write_finetune_output)
+from tests.svm_helpers import (BACKBONE, DATASET, N_FOLDS, RECORD_PARAMS, RECORD_TAGS, STRATEGY, fitted_rows,
+                               recording_pipeline, svm_params, write_finetune_output)
 
 OPTUNA = {"svm.search": "optuna", "svm.optuna.n_trials": 3}
 
@@ -166,13 +166,27 @@ def test_mlflow_parent_fold_and_trial_runs(optuna_run):
         assert (fold_trials["fold"] == fold["fold"]).all()
         assert float(fold["param.C"]) in set(fold_trials["param.C"].astype(float))
         assert fold_trials["metric.inner_cv_auc"].max() == pytest.approx(fold["metric.inner_cv_auc"])
-    for tag in ("dataset", "backbone", "strategy", "protocol", "git_commit", "dvc_exp"):
+    for tag in ("dataset", "backbone", "strategy", "protocol", "git_commit", "dvc_exp", "dataset_digest"):
         assert runs[tag].notna().all(), tag
+    # the parent: the finetune parent's configuration params and tags, the svm.* that apply, its own fingerprint
+    row = parent.iloc[0]
+    params = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.") and pd.notna(v)}
+    assert params.items() >= {k: str(v) for k, v in RECORD_PARAMS.items()}.items()
+    assert params["config.classifier"] == "svm" and params["config.strategy"] == str(STRATEGY)
+    assert params["svm.optuna.n_trials"] == "3" and "svm.c_grid" not in params
+    assert row["dataset_digest"] == RECORD_TAGS["dataset_digest"]
+    assert row["sonotune.fingerprint"] not in (None, RECORD_TAGS["sonotune.fingerprint"])
+    assert row["metric.auc_mean_3dp"] == round(row["metric.auc_mean"], 3)
     # the fitted pipeline of each fold, logged with mlflow.sklearn, loads and scores
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     experiment_id = client.get_experiment_by_name(f"sonotune-{DATASET}").experiment_id
     models = client.search_logged_models(experiment_ids=[experiment_id])
     assert sorted(m.source_run_id for m in models) == sorted(folds["run_id"])
+    names = folds.set_index("run_id")["fold"].to_dict()
+    for m in models:  # named and tagged like their fold run (not all `svm`)
+        assert m.name == f"vgg16-15-svm-fold{names[m.source_run_id]}" and m.tags["fold"] == names[m.source_run_id]
+    inputs = client.get_run(parent_id).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [(DATASET, RECORD_TAGS["dataset_digest"])]
     mlflow.set_tracking_uri(client.tracking_uri)
     model = mlflow.sklearn.load_model(f"models:/{models[0].model_id}")
     assert model.named_steps["svc"].C in set(folds["param.C"].astype(float))
@@ -235,8 +249,10 @@ def test_two_repeats_are_searched_per_repeat_and_fold_without_leakage(workdir):
     assert list(searched.columns[:2]) == ["repeat", "fold"] and len(searched) == 4 * 6
     runs = _runs(root).query("fold != 'all'")
     assert sorted(zip(runs["repeat"].astype(int), runs["fold"].astype(int))) == expected
-    parent = _runs(root).query("fold == 'all'")
-    assert {"param.chosen_c.fold0", "param.chosen_c.repeat1.fold2"} <= set(parent.columns)
+    # each fold's C on its fold run, none on the parent
+    assert not any(column.startswith("param.chosen_c") for column in _runs(root).columns)
+    chosen = {(int(r), int(k)): float(c) for r, k, c in zip(runs["repeat"], runs["fold"], runs["param.C"])}
+    assert chosen == dict(zip(expected, metrics["chosen_c"]))
 
 
 def test_a_missing_repeat_array_names_it(workdir):

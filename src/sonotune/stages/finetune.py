@@ -25,8 +25,10 @@ folds ran in the same process.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,12 +39,12 @@ from sonotune.config import Params, flatten
 from sonotune.cv import Fold, fold_plan
 from sonotune.data.manifest import manifest_digest
 from sonotune.data.prepared import dataset_info_if_prepared
-from sonotune.gradcam import gradcam_maps, layer_for, resize_map, save_overlay
+from sonotune.gradcam import gradcam_maps, layer_for, resize_map, save_figure
 from sonotune.metrics import METRIC_NAMES, binary_metrics, summarize
 from sonotune.models.head import inference_copy
 from sonotune.models.training import PrefixCache, TrainedFold, better, iter_train_folds, predict_outputs
 from sonotune.outputs import REPEAT, feature_key, write_plot_data, write_stage_outputs
-from sonotune.plots import save_confusion_png, save_roc_png
+from sonotune.plots import configuration_title, save_confusion_png, save_roc_png
 from sonotune.resume import FoldStore, fingerprint, resume_dir
 from sonotune.stages.inputs import TrainingInputs, load_training_inputs
 from sonotune.vocabulary import CLASS_NAMES, THRESHOLDS
@@ -83,21 +85,22 @@ class FinishedFold:
         return cls(fold=key[1], repeat=key[0], **fields, **store.load_arrays(key))
 
 
-def _log_fold_curves_and_figures(fold: Fold, history: dict, result: FinishedFold, y_test: np.ndarray) -> None:
+def _log_fold_curves_and_figures(fold: Fold, history: dict, result: FinishedFold, y_test: np.ndarray,
+                                 title: str) -> None:
     import mlflow
 
     for step in range(len(history.get("loss", []))):
         mlflow.log_metrics({f"epoch_{k}": float(v[step]) for k, v in history.items()}, step=step)
     mlflow.log_metrics(result.metrics | {"best_epoch": result.best_epoch, "best_monitored": result.monitored})
     with tracking.artifact_dir() as tmp:
-        save_roc_png(tmp / "roc.png", {"MLP": (y_test, result.score)}, f"fold {fold.index}")
-        save_confusion_png(tmp / "confusion_matrix.png", y_test, (result.score >= THRESHOLD).astype(int),
-                           f"fold {fold.index}")
+        save_roc_png(tmp / "roc.png", {"MLP": (y_test, result.score)}, title)
+        save_confusion_png(tmp / "confusion_matrix.png", y_test, (result.score >= THRESHOLD).astype(int), title)
 
 
 def log_study_overlays(classifier, backbone: str, x: np.ndarray, images: np.ndarray, rows: np.ndarray,
-                       y: np.ndarray, alpha: float = 0.4) -> None:
-    """Log Grad-CAM overlays of images `rows` (MLP head) to the active MLflow run, under `gradcam/`.
+                       y: np.ndarray, alpha: float = 0.4, title: str = "") -> None:
+    """Log Grad-CAM figures of images `rows` (MLP head) to the active MLflow run, under `gradcam/`: each image
+    beside its overlay, upscaled, titled with `title`, the true class and p(malignant) (`gradcam.save_figure`).
 
     `x` holds the preprocessed inputs, `images` the same images as uint8 (what the overlay is drawn on).
     """
@@ -108,8 +111,10 @@ def log_study_overlays(classifier, backbone: str, x: np.ndarray, images: np.ndar
     with tracking.artifact_dir() as tmp:
         for row, cam, probability in zip(rows, maps, probabilities):
             image = np.asarray(images[row])
-            save_overlay(tmp / "gradcam" / f"image{row:05d}_{CLASS_NAMES[int(y[row])]}_p{probability:.2f}.png", image,
-                         resize_map(cam, *image.shape[:2]), alpha)
+            truth = CLASS_NAMES[int(y[row])]
+            save_figure(tmp / "gradcam" / f"image{row:05d}_{truth}_p{probability:.2f}.png", image,
+                        resize_map(cam, *image.shape[:2]), alpha,
+                        f"{title}\nimage {row}, {truth}: p(malignant) = {probability:.2f}")
 
 
 def finish_fold(params: Params, backbone: str, strategy: int, data: TrainingInputs, fold: Fold,
@@ -122,6 +127,7 @@ def finish_fold(params: Params, backbone: str, strategy: int, data: TrainingInpu
     x, y = data.x, data.y
     model, history, best_epoch, monitored = trained
     with tracking.fold_run(parent, fold.index, fold.repeat) as child:
+        title = figure_title(parent, fold)
         # one pass over every image: test-fold probabilities and the SVM's features together
         activations = predict_outputs(model, x, cache)
         score = activations["probabilities"][fold.test, 1].astype(np.float64)
@@ -132,12 +138,12 @@ def finish_fold(params: Params, backbone: str, strategy: int, data: TrainingInpu
             pooled=activations["pooled"].astype(np.float32), dense=activations["dense"].astype(np.float32),
             repeat=fold.repeat,
         )
-        _log_fold_curves_and_figures(fold, history, result, y[fold.test])
+        _log_fold_curves_and_figures(fold, history, result, y[fold.test], title)
         if params.gradcam.study_images:  # Grad-CAM of the first test images (gradcam.py)
             log_study_overlays(model, backbone, x, data.images, fold.test[:params.gradcam.study_images], y,
-                               params.gradcam.alpha)
+                               params.gradcam.alpha, title)
         if params.finetune.log_models == "all":
-            tracking.log_keras_model(inference_copy(model), x[:2])
+            tracking.log_keras_model(inference_copy(model), x[:2], mlflow.get_run(child.info.run_id))
         result.seconds = time.perf_counter() - started
         mlflow.log_metric("fold_seconds", result.seconds)
     if params.finetune.log_models == "best":
@@ -161,8 +167,8 @@ def _log_best_model(store: FoldStore, best: FinishedFold, example: np.ndarray) -
     import mlflow
 
     model = keras.saving.load_model(store.model_path(best.key))
-    with tracking.resumed_run(best.run_id):
-        tracking.log_keras_model(model, example)
+    with tracking.resumed_run(best.run_id) as run:
+        tracking.log_keras_model(model, example, mlflow.get_run(run.info.run_id))
     mlflow.set_tag("best_fold", str(best.fold))
     if best.repeat:
         mlflow.set_tag("best_repeat", str(best.repeat))
@@ -212,12 +218,20 @@ def _open_parent(params: Params, dataset: str, backbone: str, strategy: int, run
     tags = tracking.dataset_tags(dataset_info_if_prepared(dataset)) | {tracking.FINGERPRINT_TAG: store.key}
     context = tracking.parent_run(dataset, backbone, strategy, CLASSIFIER, params.protocol, run_params,
                                   run_id=resumed, extra_tags=tags)
-    return context, store
+    return context, store, tags
+
+
+def figure_title(run, fold: Fold | None = None) -> str:
+    """The title of a run's figures: its configuration (from the run's tags) and, for a fold run, the fold."""
+    tags = run.data.tags
+    where = "" if fold is None else f", repeat {fold.repeat} fold {fold.index}" if fold.repeat else \
+        f", fold {fold.index}"
+    return configuration_title(tags["dataset"], tags["backbone"], tags["strategy"], tags["classifier"]) + where
+
 
 
 def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> dict:
     """Train every missing fold, write the stage outputs, log to MLflow; return the summary metrics."""
-    import mlflow
 
     data = load_training_inputs(params.finetune, dataset, backbone)  # a config error stops here: no run, no store
     manifest, size = data.manifest, data.input_size
@@ -228,13 +242,14 @@ def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> 
 
     store = FoldStore.open(resume_dir(dataset, backbone, strategy, CLASSIFIER),
                       configuration_key(params, dataset, backbone, strategy, manifest, size))
-    run_params = flatten(params.finetune, "finetune.") | flatten(params.cv, "cv.") | {
-        "seed": params.seed, "protocol": params.protocol, "input_size": size, "dataset": dataset,
-    }
-    parent_context, store = _open_parent(params, dataset, backbone, strategy, run_params, store)
+    # finetune.input_size is the size used (params.yaml's null means the backbone's native size)
+    run_params = flatten(params.finetune, "finetune.") | {"finetune.input_size": size} | flatten(params.cv, "cv.") \
+        | {"seed": params.seed, "protocol": params.protocol, "dataset": dataset}
+    parent_context, store, config_tags = _open_parent(params, dataset, backbone, strategy, run_params, store)
     title = f"{dataset} {backbone} {strategy}%"
     with parent_context as parent:
         store.set_parent_run_id(parent.info.run_id)
+        tracking.log_dataset(manifest, dataset_info_if_prepared(dataset), dataset)
         tracking.fail_stale_runs(dataset, store.key, keep=parent.info.run_id)
         results = {k: FinishedFold.load(store, k, record) for k, record in store.done().items()}
         tracking.discard_unfinished_folds(parent, keep={r.run_id for r in results.values()})
@@ -263,16 +278,18 @@ def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> 
                     | ({"repeat": r.repeat, "fold": r.fold} if params.cv.repeats > 1 else {}) for r in ordered]
         summary = summarize(per_fold)
         pooled, pooled_extra = pooled_metrics(oof)
-        mlflow.log_metrics(summary | {f"pooled_{n}": pooled[n] for n in METRIC_NAMES}
-                           | {"fold_seconds_mean": float(np.mean([r.seconds for r in ordered]))})
+        tracking.log_summary(summary, {f"pooled_{n}": pooled[n] for n in METRIC_NAMES}
+                             | {"fold_seconds_mean": float(np.mean([r.seconds for r in ordered]))})
         if params.finetune.log_models == "best":
             best = _best_fold(monitor, ordered)
             _log_best_model(store, best, data.x[:2])
-        write_stage_outputs(dataset, backbone, strategy, CLASSIFIER, oof, per_fold, summary, features,
-                            extra={"pooled": pooled} | pooled_extra)
+        with tempfile.TemporaryDirectory() as scratch:
+            record = tracking.write_record(Path(scratch), run_params, config_tags)
+            write_stage_outputs(dataset, backbone, strategy, CLASSIFIER, oof, per_fold, summary, features,
+                                extra={"pooled": pooled} | pooled_extra, files={tracking.RECORD_FILE: record})
         write_plot_data(dataset, backbone, strategy, CLASSIFIER, oof, THRESHOLD)
         table = summary_table(title, ordered, summary, pooled)
-        _log_configuration_figures(oof, table)
+        _log_configuration_figures(oof, table, figure_title(parent))
         tqdm.write(table)
     store.clear()
     return summary
@@ -312,7 +329,7 @@ def pooled_metrics(oof: pd.DataFrame) -> tuple[dict, dict]:
     return mean, {"pooled_repeats": per_repeat}
 
 
-def _log_configuration_figures(oof: pd.DataFrame, table: str) -> None:
+def _log_configuration_figures(oof: pd.DataFrame, table: str, title: str) -> None:
     """Parent-run artifacts: ROC of every fold and pooled, pooled confusion matrix, the summary table (the
     figures of repeat 0 under repeated cross-validation)."""
     if REPEAT in oof.columns:
@@ -320,7 +337,7 @@ def _log_configuration_figures(oof: pd.DataFrame, table: str) -> None:
     with tracking.artifact_dir() as tmp:
         curves = {f"fold {k}": (part["y"], part["score"]) for k, part in oof.groupby("fold")}
         curves["pooled"] = (oof["y"], oof["score"])
-        save_roc_png(tmp / "roc_pooled.png", curves, "folds and pooled out-of-fold")
+        save_roc_png(tmp / "roc_pooled.png", curves, f"{title}: folds and pooled out-of-fold")
         save_confusion_png(tmp / "confusion_matrix_pooled.png", oof["y"], (oof["score"] >= THRESHOLD).astype(int),
-                           "pooled out-of-fold")
+                           f"{title}: pooled out-of-fold")
         (tmp / "summary.txt").write_text(table + "\n")

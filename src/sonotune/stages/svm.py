@@ -32,8 +32,10 @@ fold runs are tagged `repeat`. With R = 1 everything is as for a single split.
 
 Writes `runs/D/B/S/svm/` (oof.csv with the fold's C, c_search.csv with every C tried per fold, optuna.db
 with the default storage), `svm_metrics.json` (DVC metrics: per-fold, mean ± sd, chosen C per fold) and
-`svm_roc.csv` (DVC plots). MLflow: a parent run (tags classifier=svm, …) with one nested run per fold
-carrying C, metrics, ROC / confusion matrix / C-search plots and the fitted pipeline (`mlflow.sklearn`).
+`svm_roc.csv` (DVC plots). MLflow: a parent run (tags classifier=svm, …) carrying the finetune parent's
+configuration params and tags (from `runs/D/B/S/mlp/mlflow.json`) plus the svm.* params that apply, with one nested
+run per fold carrying C, metrics, ROC / confusion matrix / C-search plots and the fitted pipeline (`mlflow.sklearn`,
+named like the fold run).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from sonotune.errors import DataError
 from sonotune.layout import stage_dir
 from sonotune.metrics import summarize
 from sonotune.outputs import REPEAT, feature_key, with_repeat, write_stage_outputs
-from sonotune.plots import save_confusion_png, save_roc_png
+from sonotune.plots import configuration_title, save_confusion_png, save_roc_png
 from sonotune.svm.folds import SvmFoldResult, evaluate_fold
 from sonotune.svm.search import svm_pipeline
 from sonotune.vocabulary import THRESHOLDS
@@ -69,6 +71,7 @@ class FineTuned:
 
     rows: pd.DataFrame  # path, group, label, y, [repeat,] fold (the outer fold where the image is the test image)
     features: dict[tuple[int, int], np.ndarray]  # (repeat, fold) -> features of that repeat's images, fold's model
+    record: dict | None = None  # the finetune parent's configuration params and tags (tracking.read_record)
 
     @property
     def folds(self) -> np.ndarray:
@@ -105,7 +108,26 @@ def load_finetuned(dataset: str, backbone: str, strategy: int, layer: str) -> Fi
                 raise DataError(f"{source / 'features.npz'}: '{key}' has {len(stored[key])} rows, "
                                 f"oof.csv {n_rows}" + (f" in repeat {repeat}" if repeat else ""))
             features[(int(repeat), int(fold))] = stored[key]
-    return FineTuned(rows, features)
+    return FineTuned(rows, features, tracking.read_record(source))
+
+
+def svm_run_params(cfg) -> dict:
+    """The svm.* params that apply: the grid under `search: grid`, the Optuna settings under `search: optuna`."""
+    flat = flatten(cfg, "svm.")
+    unused = "svm.optuna." if cfg.search == "grid" else "svm.c_grid"
+    return {k: v for k, v in flat.items() if not k.startswith(unused)}
+
+
+def parent_params_and_tags(params: Params, dataset: str, record: dict | None) -> tuple[dict, dict]:
+    """The finetune parent's configuration params and tags (so MLP and SVM parents compare on the same ones), plus
+    the svm.* params that apply, and a fingerprint of both stages' configuration. Without a record (outputs of an
+    older finetune), the params this stage knows."""
+    own = svm_run_params(params.svm) | {"seed": params.seed, "protocol": params.protocol}
+    if record is None:
+        return own | {"dataset": dataset}, {}
+    tags = dict(record["tags"])
+    tags[tracking.FINGERPRINT_TAG] = tracking.derived_fingerprint(tags.get(tracking.FINGERPRINT_TAG, ""), own)
+    return record["params"] | own, tags
 
 
 def study_name(params: Params, dataset: str, backbone: str, strategy: int, fold: int, repeat: int = 0) -> str:
@@ -147,23 +169,34 @@ def save_c_search_png(path: Path, tried: pd.DataFrame, best_c: float, title: str
     plt.close(fig)
 
 
-def log_fold(result: SvmFoldResult, y: np.ndarray, x_fit: np.ndarray, fold: int, search: str) -> None:
+def fold_title(run, fold: int, repeat: int) -> str:
+    """The title of a fold run's figures: the configuration (from its tags) and the fold."""
+    tags = run.data.tags
+    where = f"repeat {repeat} fold {fold}" if repeat else f"fold {fold}"
+    return f"{configuration_title(tags['dataset'], tags['backbone'], tags['strategy'], CLASSIFIER)}, {where}"
+
+
+def log_fold(result: SvmFoldResult, y: np.ndarray, x_fit: np.ndarray, run, fold: int, repeat: int,
+             search: str) -> None:
+    """The fold run's C, metrics, figures (titled `fold_title`) and fitted pipeline."""
     import mlflow
 
     mlflow.log_params({"C": result.search.best_c, "n_fit_rows": len(result.fit_rows),
                        "n_scored_rows": len(result.scored_rows)})
     mlflow.log_metrics(result.metrics | {"inner_cv_auc": result.search.inner_auc})
     truth, scores = y[result.scored_rows], result.scores
+    title = fold_title(run, fold, repeat)
     with tracking.artifact_dir() as tmp:
-        save_roc_png(tmp / "roc.png", {"SVM": (truth, scores)}, f"fold {fold}")
-        save_confusion_png(tmp / "confusion_matrix.png", truth, (scores >= THRESHOLDS[CLASSIFIER]).astype(int), f"fold {fold}")
+        save_roc_png(tmp / "roc.png", {"SVM": (truth, scores)}, title)
+        save_confusion_png(tmp / "confusion_matrix.png", truth, (scores >= THRESHOLDS[CLASSIFIER]).astype(int), title)
         result.search.tried.to_csv(tmp / "c_search.csv", index=False)
-        save_c_search_png(tmp / "c_search.png", result.search.tried, result.search.best_c, f"fold {fold}: {search}")
-    log_pipeline(result.search.estimator, x_fit[:5])
+        save_c_search_png(tmp / "c_search.png", result.search.tried, result.search.best_c, f"{title}\nC by {search}")
+    log_pipeline(result.search.estimator, x_fit[:5], run)
 
 
-def log_pipeline(pipeline, sample: np.ndarray) -> None:
-    """Log the fitted pipeline with mlflow.sklearn (skops format, requirements not inferred: seconds saved)."""
+def log_pipeline(pipeline, sample: np.ndarray, run) -> None:
+    """Log the fitted pipeline with mlflow.sklearn (skops format, requirements not inferred: seconds saved),
+    named and tagged like its run `run`."""
     import mlflow
     import skops.io
     from mlflow.models import infer_signature
@@ -172,7 +205,7 @@ def log_pipeline(pipeline, sample: np.ndarray) -> None:
     # since this process built the object it is about to serialise
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)) or None
     mlflow.sklearn.log_model(
-        pipeline, name="svm",
+        pipeline, name=tracking.model_name(run), tags=tracking.model_tags(run),
         signature=infer_signature(sample, pipeline.decision_function(sample)),
         pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
         skops_trusted_types=trusted,
@@ -192,9 +225,11 @@ def run_svm(params: Params, dataset: str, backbone: str, strategy: int, estimato
     y = data.rows["y"].to_numpy()
     oof = data.rows.assign(C=np.nan, score=np.nan)
     per_fold, chosen_c, tried = [], [], []
-    run_params = flatten(cfg, "svm.") | {"seed": params.seed, "protocol": params.protocol, "dataset": dataset}
+    run_params, tags = parent_params_and_tags(params, dataset, data.record)
     with tempfile.TemporaryDirectory() as scratch, \
-            tracking.parent_run(dataset, backbone, strategy, CLASSIFIER, params.protocol, run_params) as parent:
+            tracking.parent_run(dataset, backbone, strategy, CLASSIFIER, params.protocol, run_params,
+                                extra_tags=tags) as parent:
+        tracking.log_dataset(data.rows.iloc[data.repeat_rows(0)], {"digest": tags.get("dataset_digest")}, dataset)
         default_study = cfg.search == "optuna" and cfg.optuna.storage is None
         storage = f"sqlite:///{Path(scratch) / STUDY_FILE}" if default_study else cfg.optuna.storage
         if cfg.search == "optuna":
@@ -211,7 +246,8 @@ def run_svm(params: Params, dataset: str, backbone: str, strategy: int, estimato
                 study = study_name(params, dataset, backbone, strategy, fold, repeat)
                 result = evaluate_fold(cfg, repeat_seed(params.seed, repeat), params.protocol, estimator, x, y[rows],
                                        groups[rows], folds, fold, study, storage, callbacks)
-                log_fold(result, y[rows], x[result.fit_rows], fold, cfg.search)
+                log_fold(result, y[rows], x[result.fit_rows], mlflow.get_run(run.info.run_id), fold, repeat,
+                         cfg.search)
             test = np.flatnonzero(folds == fold)
             oof.loc[rows[test], "C"] = result.search.best_c
             oof.loc[rows[test], "score"] = \
@@ -223,14 +259,13 @@ def run_svm(params: Params, dataset: str, backbone: str, strategy: int, estimato
             tqdm.write(f"  {where}: C={result.search.best_c:.3g} inner-CV AUC={result.search.inner_auc:.3f} "
                        f"AUC={result.metrics['auc']:.3f}")
         summary = summarize(per_fold)
-        mlflow.log_metrics(summary)
-        mlflow.log_params({f"chosen_c.{REPEAT}{repeat}.fold{fold}" if repeat else f"chosen_c.fold{fold}": c
-                           for (repeat, fold), c in zip(sorted(data.features), chosen_c)})
+        tracking.log_summary(summary)  # each fold's C is the param `C` of its fold run
         columns = ([REPEAT] if data.repeated else []) + ["fold", "trial", "C", "inner_auc_mean", "inner_auc_sd"]
         search_table = pd.concat(tried, ignore_index=True)[columns]
         shown = oof[oof[REPEAT] == 0] if data.repeated else oof
         with tracking.artifact_dir() as tmp:
-            save_roc_png(tmp / "roc_pooled.png", {"SVM": (shown["y"], shown["score"])}, "pooled out-of-fold")
+            title = configuration_title(dataset, backbone, strategy, CLASSIFIER)
+            save_roc_png(tmp / "roc_pooled.png", {"SVM": (shown["y"], shown["score"])}, f"{title}: pooled out-of-fold")
             search_table.to_csv(tmp / "c_search.csv", index=False)
         search_file = Path(scratch) / "c_search.csv"
         search_table.to_csv(search_file, index=False)

@@ -61,7 +61,8 @@ def test_intervals_go_onto_the_producing_parent_runs_only(local_mlflow):
         classifier = run_["tags.classifier"]
         assert run_["metrics.auc_ci_low"] == pytest.approx(row[f"{classifier}_auc_low"], abs=1e-4)
         assert run_["metrics.auc_ci_high"] == pytest.approx(row[f"{classifier}_auc_high"], abs=1e-4)
-        assert run_["params.strategy"] == run_["tags.strategy"] and run_["params.backbone"] == "vgg16"
+        assert run_["params.config.strategy"] == run_["tags.strategy"] and run_["params.config.backbone"] == "vgg16"
+        assert run_["params.config.classifier"] == classifier
         assert run_["metrics.auc_oof_mean"] == pytest.approx(row[f"{classifier}_auc"], abs=1e-4)
         one_class = run_["tags.strategy"] == "15" and classifier == "svm"
         assert run_["tags.single_class_folds"] == ("3" if one_class else "0")
@@ -160,3 +161,14 @@ def test_tiny_pipeline_against_a_real_mlflow_server(tmp_path, mlflow_server):
         row = table.loc[int(parent["tags.strategy"])]
         assert parent["metrics.auc_ci_low"] == pytest.approx(row[f"{parent['tags.classifier']}_auc_low"], abs=1e-4)
         assert parent["metrics.auc_ci_low"] <= parent["metrics.auc_mean"] <= parent["metrics.auc_ci_high"]
+    # MLP and SVM parents carry the same configuration params and tags (the SVM adds only the svm.* that apply)
+    params = {c: {k for k in parents.columns if k.startswith("params.") and pd.notna(parent[k])}
+              for c, parent in parents.set_index("tags.classifier", drop=False).groupby(level=0).first().iterrows()}
+    assert params["svm"] - params["mlp"] == {k for k in params["svm"] if k.startswith("params.svm.")} != set()
+    assert params["mlp"] <= params["svm"] and not any(".optuna." in k or "chosen_c" in k for k in params["svm"])
+    tags = {c: {k for k in parents.columns if k.startswith("tags.") and pd.notna(parent[k])}
+            for c, parent in parents.set_index("tags.classifier", drop=False).groupby(level=0).first().iterrows()}
+    readme = {"dataset", "backbone", "strategy", "classifier", "fold", "protocol", "git_commit", "dvc_exp",
+              "dataset_digest", "dataset_source", "dataset_n_images", "dataset_n_benign", "sonotune.fingerprint"}
+    assert {f"tags.{t}" for t in readme} <= tags["mlp"] & tags["svm"]
+    assert len(set(parents["tags.mlflow.runName"])) == len(parents)

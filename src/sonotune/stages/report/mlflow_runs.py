@@ -1,6 +1,7 @@
 """The report's one MLflow action: add the intervals (with the statistic they belong to, `auc_oof_mean`) and the
 `single_class_folds` tag to the parent runs the `finetune` and `svm` stages created (found by their tags and
-numbers; the report never creates a run)."""
+numbers; the report never creates a run). The interval is logged to 4 decimals (`INTERVAL_DECIMALS`), which
+MLflow's runs table shows whole; reports/metrics.json keeps every digit."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pandas as pd
 from sonotune import tracking
 from sonotune.config import Params
 from sonotune.stages.report.write import log_figures
+
+INTERVAL_DECIMALS = 4  # of the logged interval (reports/metrics.json keeps every digit)
 
 
 def log_intervals(results: pd.DataFrame, params: Params) -> str:
@@ -44,11 +47,16 @@ def log_to_parent_runs(results: pd.DataFrame, params: Params) -> tuple[int, int]
             continue
         mean_keys = [k for k in row if k.endswith(("_mean", "_sd"))]
         values = {k: row[k] for k in mean_keys if k not in run.data.metrics}
-        # the interval's own statistic: equal to the stage's auc_mean except for the SVM under protocol paper
-        values |= {"auc_oof_mean": row["auc_mean"], "auc_ci_low": row["auc_low"], "auc_ci_high": row["auc_high"]}
+        # the interval's own statistic: equal to the stage's auc_mean except for the SVM under protocol paper;
+        # 4 decimals (far below an interval's own precision) so MLflow's runs table shows them whole
+        values |= {"auc_oof_mean": round(row["auc_mean"], INTERVAL_DECIMALS),
+                   "auc_ci_low": round(row["auc_low"], INTERVAL_DECIMALS),
+                   "auc_ci_high": round(row["auc_high"], INTERVAL_DECIMALS)}
         metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if not math.isnan(float(v))]
-        # the compare view plots params, not tags: give it the grid's axes where the stage did not log them
-        axes = {k: str(row[k]) for k in ("backbone", "strategy", "classifier") if k not in run.data.params}
+        # the compare view plots params, not tags: give it the grid's axes where the stage did not log them (runs
+        # of an older sonotune)
+        axes = tracking.configuration_params(row["backbone"], row["strategy"], row["classifier"])
+        axes = {k: v for k, v in axes.items() if k not in run.data.params}
         client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in axes.items()])
         client.set_tag(run.info.run_id, "auc_ci", f"{round(100 * (1 - params.report.alpha))} % interval of "
                                                   f"auc_oof_mean: {_interval_name(params)}")
