@@ -255,7 +255,7 @@ def add_use_parsers(sub) -> None:
     promote.set_defaults(func=cmd_promote)
 
     predict = sub.add_parser("predict", help="malignancy probabilities (and Grad-CAM overlays) for new images")
-    predict.add_argument("model_uri", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, …")
+    predict.add_argument("model_uri", help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/MODEL_ID, …")
     predict.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     predict.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     predict.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM overlay PNG per image to DIR")
