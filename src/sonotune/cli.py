@@ -125,6 +125,9 @@ def cmd_pretrain(args) -> None:
 
     _deterministic()
     report = run_pretrain(params, args.backbone)
+    if not report["epochs"]:
+        print(f"saved the untrained {args.backbone} at {report['input_size']} px (pretrain.epochs: 0)")
+        return
     print(f"pretrained {args.backbone} on {report['n_images']} source phantom images at {report['input_size']} px: "
           f"held-out source AUC {report['best_source_val_auc']:.3f} (epoch {report['best_epoch']}/{report['epochs']}, "
           f"{report['seconds']:.0f} s)")

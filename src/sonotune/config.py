@@ -195,7 +195,7 @@ class Pretrain(Section):
     image_size: Annotated[int, Field(ge=32, le=1024)] = 128  # side they are simulated at, before resizing
     input_size: Annotated[int, Field(ge=32, le=1024)] | None = None  # px; None: finetune.input_size (or native)
     val_fraction: Fraction = 0.2  # held-out source images that pick the best epoch
-    epochs: PositiveInt = 4
+    epochs: Annotated[int, Field(ge=0)] = 4  # 0: nothing trained, the seeded random initialisation is saved
     batch_size: PositiveInt = 32
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
 

@@ -86,3 +86,12 @@ def test_the_demo_pretrains_every_backbone_of_the_study_before_finetune():
     assert stages["pretrain"]["foreach"] == "${study.backbones}"
     assert stages["pretrain"]["do"]["outs"] == ["prepared/pretrain/${item}.weights.h5"]
     assert "prepared/pretrain/${item.backbone}.weights.h5" in stages["finetune"]["deps"]
+
+
+def test_zero_epochs_saves_the_seeded_random_initialisation(tmp_path):
+    repo = copy_repo(tmp_path / "repo", _tiny(**{"pretrain.epochs": 0}))
+    out = run(["sonotune", "pretrain", "--backbone", "vgg16"], repo).stdout
+    assert "saved the untrained vgg16 at 32 px (pretrain.epochs: 0)" in out
+    report = json.loads((repo / "prepared/pretrain/vgg16.json").read_text())
+    assert report["n_images"] == 0 and report["best_source_val_auc"] is None and report["history"] == {}
+    assert (repo / "prepared/pretrain/vgg16.weights.h5").is_file()

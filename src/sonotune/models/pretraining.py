@@ -87,6 +87,14 @@ def pretrain_backbone(cfg: Pretrain, backbone: str, input_size: int, task: Sourc
     return Pretrained(base, values, best_epoch, values["val_auc"][best_epoch])
 
 
+def untrained_backbone(backbone: str, input_size: int, seed: int) -> Pretrained:
+    """`pretrain.epochs: 0`: the backbone's seeded random initialisation, nothing simulated or trained."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return Pretrained(create_backbone(backbone, input_size, None), {}, -1, float("nan"))
+
+
 def save_backbone_weights(backbone_model, path: Path) -> Path:
     """Write the backbone's weights to `path` (a `.weights.h5` file), whole or not at all."""
     path = Path(path)

@@ -5,7 +5,8 @@ Run as `sonotune pretrain --backbone B [--params params.yaml]`. Simulates `pretr
 init on benign vs malignant with the best epoch picked on held-out source images, and writes
 `prepared/pretrain/B.weights.h5` (the backbone's weights: `finetune.weights: prepared/pretrain/{backbone}.weights.h5`
 names it) and `prepared/pretrain/B.json` (DVC metrics: held-out source AUC per epoch, sizes, seconds). Each file
-is written whole or not at all. Logs one run to the MLflow experiment `sonotune-pretrain`.
+is written whole or not at all. `pretrain.epochs: 0` saves the seeded random initialisation instead (seconds: the
+stage's cost while `finetune.weights` does not name its output). Logs one run to the MLflow experiment `sonotune-pretrain`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from sonotune import tracking
 from sonotune.config import Params, flatten
 from sonotune.errors import require_writable
 from sonotune.models.backbones import check_backbone, get_spec
-from sonotune.models.pretraining import phantom_source, pretrain_backbone, save_backbone_weights
+from sonotune.models.pretraining import (
+    phantom_source,
+    pretrain_backbone,
+    save_backbone_weights,
+    untrained_backbone,
+)
 
 PRETRAIN_ROOT = Path("prepared") / "pretrain"
 EXPERIMENT = "pretrain"  # MLflow experiment sonotune-pretrain
@@ -46,9 +52,12 @@ def _log_run(params: Params, backbone: str, size: int, report: dict, weights: Pa
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{backbone}-pretrain", tags=tags):
         mlflow.log_params(flatten(params.pretrain, "pretrain.") | {"seed": params.seed, "input_size": size,
                                                                    "backbone": backbone})
-        for step, (auc, val_auc) in enumerate(zip(report["history"]["auc"], report["history"]["val_auc"])):
+        history = report["history"]
+        for step, (auc, val_auc) in enumerate(zip(history.get("auc", []), history.get("val_auc", []))):
             mlflow.log_metrics({"source_auc": auc, "source_val_auc": val_auc}, step=step)
-        mlflow.log_metrics({"best_source_val_auc": report["best_source_val_auc"], "seconds": report["seconds"]})
+        mlflow.log_metric("seconds", report["seconds"])
+        if report["best_source_val_auc"] is not None:
+            mlflow.log_metric("best_source_val_auc", report["best_source_val_auc"])
         mlflow.log_artifact(str(weights))
 
 
@@ -59,13 +68,17 @@ def run_pretrain(params: Params, backbone: str, root: Path = PRETRAIN_ROOT) -> d
     check_backbone(backbone, size, None)  # an unknown backbone or a too-small size stops before any work
     require_writable(root, "the pretrained backbones")
     started = time.perf_counter()
-    task = phantom_source(cfg, size, params.seed, params.prepare.resize)
-    result = pretrain_backbone(cfg, backbone, size, task, params.seed)
+    if cfg.epochs:
+        task = phantom_source(cfg, size, params.seed, params.prepare.resize)
+        result = pretrain_backbone(cfg, backbone, size, task, params.seed)
+    else:
+        result = untrained_backbone(backbone, size, params.seed)
     weights = save_backbone_weights(result.backbone, weights_file(backbone, root))
     report = {
-        "backbone": backbone, "source": cfg.source, "n_images": cfg.n_images, "input_size": size,
-        "epochs": cfg.epochs, "best_epoch": result.best_epoch + 1,
-        "best_source_val_auc": round(result.best_val_auc, 4), "seconds": round(time.perf_counter() - started, 1),
+        "backbone": backbone, "source": cfg.source, "n_images": cfg.n_images if cfg.epochs else 0,
+        "input_size": size, "epochs": cfg.epochs, "best_epoch": result.best_epoch + 1,
+        "best_source_val_auc": None if not cfg.epochs else round(result.best_val_auc, 4),
+        "seconds": round(time.perf_counter() - started, 1),
         "history": {key: [round(v, 4) for v in values] for key, values in result.history.items()},
     }
     path = report_file(backbone, root)
