@@ -6,7 +6,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from tests.workspace import ROOT, project_env, run
+from tests.workspace import PRETRAINED, ROOT, copy_repo, project_env, run, tiny_params
 
 pytestmark = pytest.mark.e2e
 
@@ -22,9 +22,14 @@ def _runs(repo):
     return runs.merge(wide, on="run_uuid").merge(experiments, on="experiment_id")
 
 
-def test_dvc_repro_tiny_study(tiny_repo):
+def test_dvc_repro_tiny_study(tmp_path):
+    """The demo's shape: the pretrain stage's backbone is what finetune starts from."""
+    tiny_repo = copy_repo(tmp_path / "repo", tiny_params(**{"finetune.weights": PRETRAINED}))
     out = run(["dvc", "repro"], tiny_repo).stdout
     assert "Best: phantom / vgg16" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert "Running stage 'pretrain@vgg16'" in out and out.index("pretrain@vgg16") < out.index("finetune@")
+    assert (tiny_repo / "prepared/pretrain/vgg16.weights.h5").is_file()
+    assert json.loads((tiny_repo / "prepared/pretrain/vgg16.json").read_text())["n_images"] == 16
 
     # DVC: metrics of every configuration, ROC plots, report
     for backbone, strategy in CONFIGS:
@@ -51,8 +56,10 @@ def test_dvc_repro_tiny_study(tiny_repo):
 
     # MLflow: one experiment, a parent per (backbone, strategy, classifier), a child per fold, all tagged
     runs = _runs(tiny_repo)
-    assert set(runs["name"]) == {"sonotune-phantom"}
+    assert set(runs["name"]) == {"sonotune-phantom", "sonotune-pretrain"}
     assert (runs["status"] == "FINISHED").all()
+    assert runs.loc[runs["name"] == "sonotune-pretrain", "backbone"].tolist() == ["vgg16"]
+    runs = runs[runs["name"] == "sonotune-phantom"]
     parents = runs[runs["fold"] == "all"]
     assert len(parents) == 4
     assert sorted(zip(parents.backbone, parents.strategy, parents.classifier)) == sorted(
@@ -76,7 +83,7 @@ def test_dvc_repro_tiny_study(tiny_repo):
     run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "baseline"], tiny_repo)
     exp = run(["dvc", "exp", "run", "-S", "finetune.learning_rate=0.0005"], tiny_repo).stdout
     assert "Running stage 'finetune@phantom-vgg16-0'" in exp and "Running stage 'finetune@phantom-vgg16-15'" in exp
-    assert "Running stage 'prepare" not in exp
+    assert "Running stage 'prepare" not in exp and "Running stage 'pretrain" not in exp
 
     # the README's `dvc exp show` line: the experiment against the baseline, headline metrics and the changed
     # param, within a screen however wide the terminal

@@ -17,12 +17,14 @@ BIN = Path(sys.executable).parent
 
 
 def tiny_params(**overrides) -> dict:
-    """The repo's params.yaml shrunk to seconds: 36 phantom images at 32 px, vgg16, 3 folds, 2 epochs."""
+    """The repo's params.yaml shrunk to seconds: 36 phantom images at 32 px, vgg16, 3 folds, 2 epochs, random init
+    (`finetune.weights=PRETRAINED` to start from the tiny pretrain stage's backbone)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["study"] = {"datasets": ["phantom"], "backbones": ["vgg16"], "strategies": [0, 15]}
     params["datasets"]["phantom"].update(n_benign=24, n_malignant=12, image_size=64)
     params["cv"]["n_splits"] = 3
-    params["finetune"].update(input_size=32, epochs=2)
+    params["finetune"].update(input_size=32, epochs=2, weights=None)  # random init: no pretrain stage needed
+    params["pretrain"].update(n_images=16, image_size=64, epochs=1)  # dvc repro still runs it: seconds
     params["svm"]["inner_splits"] = 3
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
@@ -31,6 +33,9 @@ def tiny_params(**overrides) -> dict:
             node = node[key]
         node[leaf] = value
     return params
+
+
+PRETRAINED = "prepared/pretrain/{backbone}.weights.h5"  # the pretrain stage's backbones, as finetune.weights
 
 
 def project_env(**extra: str) -> dict:

@@ -1,7 +1,7 @@
 """`sonotune <command>`: thin command-line wrappers over the stage functions.
 
-Commands: phantom, prepare, inspect, params, finetune, svm, report, strategies, deploy, promote, predict, server,
-queue, grid. Option defaults that stand for a params key come from the params schema (`config.default`).
+Commands: phantom, prepare, inspect, params, pretrain, finetune, svm, report, strategies, deploy, promote, predict,
+server, queue, grid. Option defaults that stand for a params key come from the params schema (`config.default`).
 A user error (bad params, bad data) prints one line to stderr and exits with status 2; so does a tracking store
 that fails mid-stage. SIGTERM and Ctrl-C end a stage the way an error does (open MLflow runs FAILED, finished
 folds kept) with one line and status 128 + signal. No output shows a password of MLFLOW_TRACKING_URI.
@@ -167,6 +167,25 @@ def cmd_finetune(args) -> None:
     _deterministic()
     summary = run_finetune(params, args.dataset, args.backbone, args.strategy)
     print(f"{args.dataset} {args.backbone} {args.strategy}% MLP: AUC {summary['auc_mean']:.3f} ± {summary['auc_sd']:.3f}")
+
+
+def cmd_pretrain(args) -> None:
+    _require_tracking()
+    from sonotune.config import load_params
+    from sonotune.models.backbones import get_spec
+
+    params = load_params(args.params)
+    get_spec(args.backbone)  # an unknown backbone: one line, before TensorFlow loads
+    from sonotune.stages.pretrain import run_pretrain  # TensorFlow: after every check that needs none
+
+    _deterministic()
+    report = run_pretrain(params, args.backbone)
+    if not report["epochs"]:
+        print(f"saved the untrained {args.backbone} at {report['input_size']} px (pretrain.epochs: 0)")
+        return
+    print(f"pretrained {args.backbone} on {report['n_images']} source phantom images at {report['input_size']} px: "
+          f"held-out source AUC {report['best_source_val_auc']:.3f} (epoch {report['best_epoch']}/{report['epochs']}, "
+          f"{report['seconds']:.0f} s)")
 
 
 def cmd_svm(args) -> None:
@@ -447,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
         command = stage(name, func, help=f"run the {name} stage for one configuration")
         command.add_argument("--backbone", required=True)
         command.add_argument("--strategy", type=int, required=True)
+    pretrain = stage("pretrain", cmd_pretrain, config=False,
+                     help="train a backbone on the phantom's source task, for finetune.weights (docs/pretrain.md)")
+    pretrain.add_argument("--backbone", required=True)
     stage("report", cmd_report, config=False, help="tables and summary of the whole study")
     strategies = sub.add_parser("strategies", help="frozen/trainable layer counts per backbone and strategy")
     strategies.add_argument("--input-size", type=int, default=None)

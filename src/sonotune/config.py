@@ -188,6 +188,22 @@ class Deploy(Section):
     alias: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")] = "champion"  # set by `sonotune promote`
 
 
+class Pretrain(Section):
+    """`sonotune pretrain`: a backbone trained on a synthetic source task, named by finetune.weights (docs/pretrain.md)."""
+
+    source: Literal["phantom"] = "phantom"  # fresh phantom cases from a random stream the study never uses
+    n_images: Annotated[int, Field(ge=8, le=100_000)] = 600  # source images, half benign, half malignant
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 128  # side they are simulated at, before resizing
+    input_size: Annotated[int, Field(ge=32, le=1024)] | None = None  # px; None: finetune.input_size (or native)
+    val_fraction: Fraction = 0.2  # held-out source images that pick the best epoch
+    epochs: Annotated[int, Field(ge=0)] = 4  # 0: nothing trained, the seeded random initialisation is saved
+    batch_size: PositiveInt = 32
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+
+
+RESERVED_DATASET_NAMES = {"pretrain"}  # prepared/pretrain holds the pretrained backbones
+
+
 class Gradcam(Section):
     study_images: Annotated[int, Field(ge=0, le=32)] = 2  # overlays logged per fold run (first test images)
     alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.4  # opacity of the heat map at its hottest
@@ -205,9 +221,12 @@ class Params(Section):
     report: Report = Report()
     deploy: Deploy = Deploy()
     gradcam: Gradcam = Gradcam()
+    pretrain: Pretrain = Pretrain()
 
     @model_validator(mode="after")
     def _study_names_exist(self) -> "Params":
+        for name in RESERVED_DATASET_NAMES & set(self.datasets):
+            raise ValueError(f"datasets.{name}: the name is reserved (prepared/{name} holds pretrained backbones)")
         for name in self.study.datasets:
             if name not in self.datasets:
                 raise ValueError(

@@ -181,3 +181,27 @@ def sample_grid(path: Path, per_class: int = 4, size: int = 160, seed: int = 0) 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# The source task of `sonotune pretrain` (models/pretraining.py): fresh phantom cases drawn from their own random
+# stream. A study image is drawn from default_rng([seed, class, index]) (three words); a source image from
+# default_rng([SOURCE_STREAM, seed, index]) (four words, the first a constant no study seed collides with in
+# practice), so no source image repeats a study image: the two sets are independent draws of the simulator.
+SOURCE_STREAM = 0x50524554  # "PRET"
+
+
+def source_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of source image `index` (never one of the study's streams, see SOURCE_STREAM)."""
+    return np.random.default_rng([SOURCE_STREAM, seed, index])
+
+
+def source_label(index: int) -> int:
+    """Source images alternate benign (even index, 0) and malignant (odd, 1): a balanced source task."""
+    return index % 2
+
+
+def simulate_source(n_images: int, size: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """`n_images` source phantom images (uint8, size × size) and their labels (0 benign, 1 malignant)."""
+    labels = np.array([source_label(index) for index in range(n_images)], dtype=np.int64)
+    images = [simulate_bmode(source_rng(seed, index), size, bool(label)) for index, label in enumerate(labels)]
+    return images, labels

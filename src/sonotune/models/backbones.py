@@ -97,8 +97,17 @@ def _can_reach(host: str, timeout: float = 3.0) -> bool:
     return finished.wait(timeout) and outcome[0]
 
 
+BACKBONE_PLACEHOLDER = "{backbone}"  # in a weights path: the backbone's name (one file per backbone)
+
+
+def weights_path(weights: str, backbone: str) -> str:
+    """A weights path with `{backbone}` replaced by the backbone's name (e.g. prepared/pretrain/{backbone}.weights.h5)."""
+    return weights.replace(BACKBONE_PLACEHOLDER, backbone)
+
+
 def resolve_weights(spec: BackboneSpec, weights: str | None) -> str | None:
-    """Map the params value (imagenet | null | a file) to what Keras accepts, failing fast when absent."""
+    """Map the params value (imagenet | null | a file, `{backbone}` standing for the backbone's name) to what Keras
+    accepts, failing fast when absent."""
     if weights is None:
         return None
     if weights == "imagenet":
@@ -109,9 +118,11 @@ def resolve_weights(spec: BackboneSpec, weights: str | None) -> str | None:
             f"finetune.weights: imagenet weights for {spec.name} are not cached and there is no network; "
             f"place {spec.weights_file} at {cached} or set weights to a local file"
         )
-    if not Path(weights).is_file():
-        raise ConfigError(f"finetune.weights: weights file {weights} not found")
-    return weights
+    path = weights_path(weights, spec.name)
+    if not Path(path).is_file():
+        made_by = " (made by `sonotune pretrain`, dvc.yaml's pretrain stage)" if "pretrain" in path else ""
+        raise ConfigError(f"finetune.weights: weights file {path} not found{made_by}")
+    return path
 
 
 def check_backbone(name: str, input_size: int | None = None, weights: str | None = None) -> str | None:

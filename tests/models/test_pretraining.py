@@ -1,0 +1,87 @@
+"""Pretraining on the phantom's source task: the source never repeats a study image, the split is stratified,
+and a pretrained backbone's weights file loads into the backbone `finetune.weights` builds (real Keras, 32 px)."""
+
+import keras
+import numpy as np
+import pytest
+
+from sonotune.config import Pretrain
+from sonotune.data.phantom import _image_rng, simulate_bmode, simulate_source
+from sonotune.errors import ConfigError
+from sonotune.models.backbones import create_backbone, resolve_weights, get_spec
+from sonotune.models.pretraining import phantom_source, pretrain_backbone, save_backbone_weights, source_split
+from sonotune.vocabulary import CLASS_NAMES
+
+TINY = Pretrain(n_images=16, image_size=48, epochs=1, batch_size=8)
+
+
+def test_the_source_never_repeats_a_study_image():
+    """Leakage check: every source image differs from every study image of the same seed (the study draws
+    image i of a class from default_rng([seed, class, i]), the source from its own stream)."""
+    seed, size = 42, 48
+    source, labels = simulate_source(24, size, seed)
+    study = [simulate_bmode(_image_rng(seed, name, i), size, name == "malignant")
+             for name in CLASS_NAMES for i in range(24)]
+    study_bytes = {image.tobytes() for image in study}
+    assert not any(image.tobytes() in study_bytes for image in source)
+    assert labels.tolist() == [0, 1] * 12  # balanced, alternating
+
+
+def test_the_source_is_deterministic_by_seed():
+    a, _ = simulate_source(4, 32, seed=1)
+    b, _ = simulate_source(4, 32, seed=1)
+    c, _ = simulate_source(4, 32, seed=2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not any(np.array_equal(x, z) for x, z in zip(a, c))
+
+
+def test_phantom_source_is_resized_like_the_study():
+    task = phantom_source(TINY, input_size=32, seed=0)
+    assert task.images.shape == (16, 32, 32, 3) and task.images.dtype == np.uint8
+    assert np.array_equal(task.images[..., 0], task.images[..., 2])  # greyscale made RGB, as prepare does
+    assert task.y.sum() == 8
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5])
+def test_source_split_is_stratified_and_disjoint(fraction):
+    y = np.array([0, 1] * 20)
+    fit, val = source_split(y, fraction, seed=3)
+    assert not set(fit) & set(val) and len(fit) + len(val) == len(y)
+    assert y[val].sum() == len(val) // 2 == round(20 * fraction)
+
+
+def test_source_split_keeps_both_sides_of_a_tiny_class():
+    fit, val = source_split(np.array([0, 0, 0, 1, 1]), 0.1, seed=0)
+    assert set(np.array([0, 0, 0, 1, 1])[fit]) == {0, 1} == set(np.array([0, 0, 0, 1, 1])[val])
+
+
+def test_pretrained_weights_load_into_the_study_backbone(tmp_path):
+    """Pretrain at 32 px, save, and build the backbone from the file (as finetune does) at 32 and 48 px."""
+    result = pretrain_backbone(TINY, "vgg16", 32, phantom_source(TINY, 32, seed=0), seed=0)
+    assert set(result.history) >= {"loss", "auc", "val_loss", "val_auc"} and len(result.history["val_auc"]) == 1
+    assert 0.0 <= result.best_val_auc <= 1.0
+    path = save_backbone_weights(result.backbone, tmp_path / "pretrain" / "vgg16.weights.h5")
+    assert path.is_file() and not list(path.parent.glob(".*"))  # no temporary file left behind
+    trained = [w.copy() for w in result.backbone.get_weights()]
+    keras.backend.clear_session()
+    for size in (32, 48):
+        template = str(tmp_path / "pretrain" / "{backbone}.weights.h5")
+        loaded = create_backbone("vgg16", size, template)
+        assert all(np.array_equal(a, b) for a, b in zip(trained, loaded.get_weights()))
+        keras.backend.clear_session()
+    fresh = create_backbone("vgg16", 32, None)
+    assert not np.array_equal(fresh.get_weights()[0], trained[0])  # random init differs: the file was used
+    keras.backend.clear_session()
+
+
+def test_a_weights_template_names_the_backbones_file(tmp_path):
+    (tmp_path / "resnet50.weights.h5").write_bytes(b"")
+    template = str(tmp_path / "{backbone}.weights.h5")
+    assert resolve_weights(get_spec("resnet50"), template) == str(tmp_path / "resnet50.weights.h5")
+    with pytest.raises(ConfigError, match=r"vgg16\.weights\.h5 not found \(made by `sonotune pretrain`"):
+        resolve_weights(get_spec("vgg16"), str(tmp_path / "pretrain" / "{backbone}.weights.h5"))
+
+
+def test_save_backbone_weights_needs_a_keras_weights_name(tmp_path):
+    with pytest.raises(ValueError, match=r"\.weights\.h5"):
+        save_backbone_weights(object(), tmp_path / "vgg16.h5")
