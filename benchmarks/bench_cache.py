@@ -385,6 +385,13 @@ def main(argv=None) -> None:
     print(f"\n## projected wall time of the paper's grid on this machine ({GRID['datasets']} datasets, "
           f"{GRID['images']} images, {GRID['configurations']} configurations, {GRID['folds']} folds, "
           f"{GRID['epochs']} epochs, batch {args.batch}), if every configuration cost like the row\n")
+    for precision in args.precisions:  # the grid as the mean of the measured strategies (all 7: the paper's mix)
+        mine = [row for row in grid_rows if row[2] == precision]
+        means = []
+        for column in range(3, len(GRID_HEADER)):
+            values = [row[column] for row in mine]
+            means.append(fmt(float(np.mean([float(v) for v in values]))) if "n/a" not in values else "n/a")
+        grid_rows.append(("mean of the rows", "", precision, *means))
     print(table(grid_rows, GRID_HEADER))
     if profile_rows:
         print("\n## where a cached training step goes (suffix only, batch %d)\n" % args.batch)
