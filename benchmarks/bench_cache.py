@@ -209,11 +209,11 @@ def batched_unavailable() -> str | None:
     return None
 
 
-def batched_in_jax(args, backbone: str, strategy: int) -> dict | str:
+def batched_in_jax(args, backbone: str, strategy: int, weights_dir: str) -> dict | str:
     """The batched study in a KERAS_BACKEND=jax subprocess (this process's backend is fixed at import)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         argv = [sys.executable, __file__, "--batched-only", out.name, "--backbones", backbone, "--strategies",
-                str(strategy), "--size", str(args.size), "--images", str(args.images), "--epochs",
+                str(strategy), "--weights-dir", weights_dir, "--size", str(args.size), "--images", str(args.images), "--epochs",
                 str(args.epochs), "--folds", str(args.folds), "--batch", str(args.batch), "--lr", str(args.lr),
                 "--seed", str(args.seed)]
         done = subprocess.run(argv, env=dict(os.environ, KERAS_BACKEND="jax"), capture_output=True, text=True)
@@ -298,6 +298,7 @@ def parse_args(argv=None):
     parser.add_argument("--no-batched", action="store_true", help="skip the batched column")
     parser.add_argument("--no-profile", action="store_true", help="skip the where-the-time-goes profile")
     parser.add_argument("--batched-only", metavar="JSON", help=argparse.SUPPRESS)  # the JAX subprocess
+    parser.add_argument("--weights-dir", help=argparse.SUPPRESS)  # its frozen weights: the parent's files
     parser.add_argument("--sweep", action="store_true", help="also the RSS sweep of cached configurations")
     parser.add_argument("--sweep-backbones", nargs="*",
                         default=["vgg16", "vgg19", "resnet50", "resnet101", "inceptionv3"])
@@ -338,7 +339,8 @@ def batched_only(args) -> None:
     """Subprocess mode: the batched study of one (backbone, strategy), as JSON."""
     x, y = make_images(args.images, args.size, args.seed)
     backbone, strategy = args.backbones[0], args.strategies[0]
-    study = Study(args, backbone, get_spec(backbone).preprocess()(x.copy()), y, tempfile.mkdtemp(prefix="bench-"))
+    weights_dir = args.weights_dir or tempfile.mkdtemp(prefix="bench-weights-")
+    study = Study(args, backbone, get_spec(backbone).preprocess()(x.copy()), y, weights_dir)
     Path(args.batched_only).write_text(json.dumps(study.run_batched(strategy)))
 
 
@@ -363,7 +365,7 @@ def main(argv=None) -> None:
                 batched = "skipped" if args.no_batched or precision != "float32" else batched_unavailable()
                 if batched is None:
                     batched = (study.run_batched(strategy) if keras.backend.backend() == "jax"
-                               else batched_in_jax(args, backbone, strategy))
+                               else batched_in_jax(args, backbone, strategy, weights_dir))
                 b = batched if isinstance(batched, dict) else None
                 n_total = naive["total"] if naive else None
                 rows.append((backbone, f"{strategy} %", precision, fmt(n_total), fmt(cached["total"]),
