@@ -330,6 +330,8 @@ def machine() -> str:
 
 
 def fmt(value, spec=".1f") -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, int):
         return str(value)
     return format(value, spec) if isinstance(value, float) else str(value)
