@@ -24,6 +24,10 @@ configuration): a fold loads its own variables into the copy (weights, BatchNorm
 state), resets the optimizer to its freshly built state, trains, and copies every variable back, so after
 `fit_with_prefix_cache` the original model holds the trained weights exactly as if it had been fitted itself.
 
+The backbone itself is shared too: `share_constant_part(model)` derives, per fold, a model that reads `model`'s
+own constant tensors and owns fresh copies (same values) of every other layer, so one built and loaded backbone
+serves every fold of a configuration (`training.BackbonePool`).
+
 Memory: activations stay in RAM up to `ram_budget_bytes` (default a quarter of physical memory), beyond
 that in an `np.memmap` in a temporary folder; the store keeps one entry (one study's folds share it; the
 next study's frozen part replaces it) so a sweep's memory stays flat.
