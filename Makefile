@@ -33,7 +33,8 @@ demo: install
 test: install
 	$(BIN)/pytest -q -ra
 
-# the frozen-prefix cache vs the paper's full-model fit (docs/benchmarks.md); BENCH_ARGS=--help for the knobs
+# naive / cached / batched k-fold study, ratios, where the time goes, the paper's grid projected on this machine
+# (docs/benchmarks.md); BENCH_ARGS=--help for the knobs
 bench: install
 	PYTHONPATH=src $(BIN)/python benchmarks/bench_cache.py $(BENCH_ARGS)
 

@@ -1,25 +1,29 @@
-"""Benchmark of the exact frozen-prefix cache: the same k-fold study, paper-style full-model fit vs cached.
+"""Speed benchmark of the study's training: naive (the paper's way), cached and batched, one k-fold study each.
 
-Run `make bench` (ResNet50, 224 px, 128 images, 10 epochs, 5 folds, then a 20-configuration RSS sweep: about
-35 min on 2 cores; `BENCH_ARGS="--images 40 --epochs 4 --sweep-repeats 1"` for a quick look); on a GPU
-`benchmarks/gpu_bench.sh`.
-Needs only numpy + keras (+ the sonotune package on PYTHONPATH), so it runs under KERAS_BACKEND=jax too.
+Run `make bench` (ResNet50, 224 px, 128 images, 10 epochs, 5 folds, strategies 15 and 0; `BENCH_ARGS=--help`
+for the knobs, e.g. `BENCH_ARGS="--images 40 --epochs 4"` for a quick look); on a GPU `benchmarks/gpu_bench.sh`.
 
-Per (backbone, strategy) the study is: per fold, seed, build backbone + the paper's head (frozen weights from
-one file, as ImageNet weights would be, so the frozen part is the same in every fold), fit with the
-EarlyStopping epoch selector, then predict probabilities + pooled/dense features of every image. "naive" is
-the paper's full-model fit and predict; "cached" is `fit_with_prefix_cache` + `predict_with_prefix_cache`
-(prefix computed once per study and shared by the folds). Prints the ratio table, where the cached time
-goes (ResNet-style profile of the first cached configuration), the steps_per_execution / XLA / extraction
-batch options, and a sweep of cached configurations with peak and resident RSS (a leak shows as growth).
+Every column runs the library's own training (`sonotune.models.training`), with frozen weights from one file
+(`finetune.weights` = a file, as ImageNet weights would be: the frozen part is the same in every fold):
+- naive: `train_fold` without a cache, per fold (backbone built and loaded, whole model fitted) + features;
+- cached: `train_fold` with one `PrefixCache` shared by the folds (backbone built once, frozen prefix run once,
+  only the layers after it trained, compiled suffix reused) + features from the cached activations;
+- batched: `train_folds(cfg, ...)` with `finetune.parallel_folds: true` (every fold at once under `jax.vmap`),
+  run in a JAX subprocess when this process is not on JAX; "n/a" when the key or JAX is missing.
+Per row: seconds, ratios to naive, where the cached time goes (build / prefix / fit / predict), the test AUC
+(mean over folds: `--precisions float32 mixed_bfloat16` compares the dtype policies), and the projected wall
+time of the paper's grid on this machine from the measured per-image-per-epoch costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,10 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import keras  # noqa: E402
 
+from sonotune.config import Finetune  # noqa: E402
+from sonotune.cv import Fold  # noqa: E402
 from sonotune.models import prefix_cache as pc  # noqa: E402
+from sonotune.models import training  # noqa: E402
 from sonotune.models.backbones import create_backbone, get_spec  # noqa: E402
-from sonotune.models.head import HeadConfig, build_classifier, feature_model  # noqa: E402
-from sonotune.models.strategies import apply_strategy  # noqa: E402
+
+# the paper's grid (Bal-Ghaoui et al. 2023): 4 datasets, 5 backbones × 7 strategies, 5-fold CV, 30 epochs, batch 4
+GRID = dict(datasets=4, images=2235, configurations=35, folds=5, epochs=30)
+BATCHED_NA = "n/a (needs finetune.parallel_folds, JAX backend)"
 
 # ------------------------------------------------------------------------------------------ memory
 
@@ -80,8 +89,8 @@ def make_images(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(grey[..., None], 3, axis=-1), y
 
 
-def make_folds(y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Stratified (fit, val, test) index triples; val = every 5th training index (numpy only)."""
+def make_folds(y: np.ndarray, k: int, seed: int) -> list[Fold]:
+    """Stratified folds (fit, val, test); val = every 5th training index (numpy only)."""
     rng = np.random.default_rng(seed)
     fold_of = np.empty(len(y), int)
     for label in np.unique(y):
@@ -91,17 +100,30 @@ def make_folds(y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.nd
     for f in range(k):
         train, test = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
         is_val = np.arange(len(train)) % 5 == 4
-        folds.append((train[~is_val], train[is_val], test))
+        folds.append(Fold(index=f, fit=train[~is_val], val=train[is_val], test=test))
     return folds
+
+
+def auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC by ranks (ties count half)."""
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score))
+    ranks[order] = np.arange(1, len(score) + 1)
+    for value in np.unique(score):  # average ranks of ties
+        tied = score == value
+        ranks[tied] = ranks[tied].mean()
+    n1, n0 = int(y.sum()), int(len(y) - y.sum())
+    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)) if n1 and n0 else float("nan")
 
 
 # ------------------------------------------------------------------------------------------ the study
 
 
 class Study:
+    """One backbone's k-fold study on fixed images and frozen weights from one file."""
+
     def __init__(self, args, backbone: str, x: np.ndarray, y: np.ndarray, weights_dir: str):
         self.args, self.backbone, self.x, self.y = args, backbone, x, y
-        self.onehot = keras.utils.to_categorical(y, 2)
         self.folds = make_folds(y, args.folds, args.seed)
         self.weights = os.path.join(weights_dir, f"{backbone}_{x.shape[1]}.weights.h5")
         if not os.path.exists(self.weights):  # one fixed set of frozen weights, as ImageNet's would be
@@ -109,124 +131,148 @@ class Study:
             create_backbone(backbone, x.shape[1], None).save_weights(self.weights)
             keras.backend.clear_session()
 
-    def build(self, strategy: int, fold: int):
-        keras.utils.set_random_seed(self.args.seed + fold)
-        base = create_backbone(self.backbone, self.x.shape[1], None)
-        base.load_weights(self.weights)
-        apply_strategy(base, self.backbone, strategy)
-        return build_classifier(base, HeadConfig(learning_rate=self.args.lr))
+    def config(self, precision: str = "float32", **extra) -> Finetune:
+        return Finetune(weights=self.weights, input_size=self.x.shape[1], epochs=self.args.epochs,
+                        batch_size=self.args.batch, learning_rate=self.args.lr, dense_units=512, dropout=0.5,
+                        monitor="val_auc", precision=precision, **extra)
 
-    def fit_kwargs(self):
-        best = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=self.args.epochs,
-                                             restore_best_weights=True)
-        return dict(epochs=self.args.epochs, batch_size=self.args.batch, shuffle=True, verbose=0, callbacks=[best])
+    @property
+    def fit_image_epochs(self) -> int:
+        return sum(len(f.fit) for f in self.folds) * self.args.epochs
 
-    def run(self, strategy: int, cached: bool, store=None, compile_overrides=None, suffixes=None) -> dict:
-        """Time the whole k-fold study; returns seconds per phase (build, prefix, fit, predict, total)."""
-        suffixes = pc.SuffixPool() if suffixes is None else suffixes  # one compiled suffix shared by the folds
-        times = {"build": 0.0, "fit": 0.0, "predict": 0.0, "prefix": 0.0}
-        for index, (fit, val, _test) in enumerate(self.folds):
+    def _scores(self, model, cache) -> tuple[float, float]:
+        start = time.perf_counter()
+        outputs = training.predict_outputs(model, self.x, cache)
+        return time.perf_counter() - start, np.asarray(outputs["probabilities"])[:, 1]
+
+    def run(self, strategy: int, cached: bool, precision: str = "float32") -> dict:
+        """The k folds one after another (`train_fold`, as `iter_train_folds` runs them) + feature predictions."""
+        cfg, cache = self.config(precision), training.PrefixCache() if cached else None
+        times = {"build": 0.0, "prefix": 0.0, "fit": 0.0, "predict": 0.0}
+        aucs = []
+        for fold in self.folds:
             start = time.perf_counter()
-            model = self.build(strategy, index)
-            times["build"] += time.perf_counter() - start
-            start = time.perf_counter()
-            if cached:
-                misses = store.misses
-                pc.fit_with_prefix_cache(model, self.x, self.onehot, fit, val, store=store,
-                                                   compile_overrides=compile_overrides, suffixes=suffixes,
-                                                   **self.fit_kwargs())
-                if store.misses > misses:
-                    times["prefix"] += store.last_extract_s
-            else:
-                model.fit(self.x[fit], self.onehot[fit], validation_data=(self.x[val], self.onehot[val]),
-                                    **self.fit_kwargs())
-            times["fit"] += time.perf_counter() - start
-            start = time.perf_counter()
-            if cached:
-                pc.predict_with_prefix_cache(feature_model(model), self.x, self.args.predict_batch, store=store,
-                                             suffixes=suffixes)
-            else:
-                feature_model(model).predict(self.x, batch_size=self.args.predict_batch, verbose=0)
-            times["predict"] += time.perf_counter() - start
-            del model
+            trained = training.train_fold(cfg, self.args.seed, self.backbone, strategy, self.x, self.y, fold, cache)
+            if not cached:  # the naive build: measured once per fold outside the fit
+                times["fit"] += time.perf_counter() - start
+            seconds, score = self._scores(trained.model, cache)
+            times["predict"] += seconds
+            aucs.append(auc(self.y[fold.test], score[fold.test]))
+            del trained
             keras.backend.clear_session()
             gc.collect()
-        times["fit"] -= times["prefix"]
-        times["total"] = times["build"] + times["fit"] + times["predict"] + times["prefix"]
+        if cached:
+            times.update({k: float(cache.seconds[k]) for k in ("build", "prefix", "fit")})
+            cache.clear()
+        else:
+            times["build"] = self.naive_build_seconds(strategy, precision) * len(self.folds)
+            times["fit"] -= times["build"]
+        times["total"] = sum(times.values())
+        times["auc"] = float(np.mean(aucs))
+        times["aucs"] = aucs
         return times
+
+    def naive_build_seconds(self, strategy: int, precision: str) -> float:
+        """One fold's model built and loaded the paper's way (what naive pays per fold)."""
+        start = time.perf_counter()
+        training.build_fold_model(self.config(precision), self.backbone, strategy, self.args.seed)
+        seconds = time.perf_counter() - start
+        keras.backend.clear_session()
+        gc.collect()
+        return seconds
+
+    def run_batched(self, strategy: int) -> dict:
+        """All folds at once through the batch contract `train_folds` with parallel_folds (JAX)."""
+        cfg, cache = self.config(parallel_folds=True), training.PrefixCache()
+        start = time.perf_counter()
+        trained = training.train_folds(cfg, self.args.seed, self.backbone, strategy, self.x, self.y, self.folds,
+                                       cache)
+        fit = time.perf_counter() - start
+        predict, aucs = 0.0, []
+        for fold, result in zip(self.folds, trained, strict=True):
+            seconds, score = self._scores(result.model, cache)
+            predict += seconds
+            aucs.append(auc(self.y[fold.test], score[fold.test]))
+        return {"fit": fit, "predict": predict, "total": fit + predict, "auc": float(np.mean(aucs)), "aucs": aucs}
+
+
+def batched_unavailable() -> str | None:
+    """Why the batched column cannot run here (None when it can)."""
+    if "parallel_folds" not in Finetune.model_fields:
+        return BATCHED_NA
+    if keras.backend.backend() == "jax":
+        return None
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return BATCHED_NA
+    return None
+
+
+def batched_in_jax(args, backbone: str, strategy: int, weights_dir: str) -> dict | str:
+    """The batched study in a KERAS_BACKEND=jax subprocess (this process's backend is fixed at import)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        argv = [sys.executable, __file__, "--batched-only", out.name, "--backbones", backbone, "--strategies",
+                str(strategy), "--weights-dir", weights_dir, "--size", str(args.size), "--images", str(args.images), "--epochs",
+                str(args.epochs), "--folds", str(args.folds), "--batch", str(args.batch), "--lr", str(args.lr),
+                "--seed", str(args.seed)]
+        done = subprocess.run(argv, env=dict(os.environ, KERAS_BACKEND="jax"), capture_output=True, text=True)
+        if done.returncode != 0:
+            return "failed: " + (done.stderr.strip().splitlines() or ["?"])[-1][:120]
+        return json.loads(Path(out.name).read_text())
+
+
+# ------------------------------------------------------------------------------------------ projection
+
+
+def grid_hours(study: Study, times: dict, repeats: int = 1) -> float:
+    """The paper's grid on this machine, if every configuration cost what this one did: fit seconds per
+    image-epoch × the grid's image-epochs, prefix seconds per image once per configuration and dataset,
+    predict seconds per image per fold, build seconds per fold; repeats multiply the folds."""
+    n, k = len(study.x), len(study.folds)
+    fit_fraction = sum(len(f.fit) for f in study.folds) / (k * n)
+    folds = GRID["configurations"] * GRID["folds"] * repeats  # per dataset
+    image_epochs = GRID["configurations"] * GRID["folds"] * repeats * GRID["epochs"] * GRID["images"] * fit_fraction
+    seconds = times["fit"] / study.fit_image_epochs * image_epochs
+    seconds += times.get("prefix", 0.0) / n * GRID["images"] * GRID["configurations"]
+    seconds += times["predict"] / (n * k) * GRID["images"] * folds
+    seconds += times.get("build", 0.0) / k * folds * GRID["datasets"]
+    return seconds / 3600
 
 
 # ------------------------------------------------------------------------------------------ profile
 
 
-def profile_suffix(study: Study, strategy: int, store) -> list[tuple[str, float]]:
-    """Where a cached training step goes: forward, forward+backward+SGD, +Adam, and the per-step overhead."""
-    fit, val, _ = study.folds[0]
+def profile_suffix(study: Study, strategy: int) -> list[tuple[str, float]]:
+    """Where a cached training step goes: the suffix's train step at steps_per_execution 1 and 64."""
+    fold = study.folds[0]
+    cfg = study.config()
     b, epochs = study.args.batch, 3
+    store = pc.ActivationStore()
     rows = []
-
-    def timed_fit(optimizer=None, **overrides):
-        model = study.build(strategy, 0)
-        split, _ = pc.split_model(model)
+    for spe in (1, training.SUFFIX_STEPS_PER_EXECUTION):
+        model = training.build_fold_model(cfg, study.backbone, strategy, study.args.seed)
+        split, reason = pc.split_model(model)
+        if split is None:
+            return [("no cut", reason)]
         arrays = store.get(split, study.x)
-        if optimizer is not None:
-            overrides["optimizer"] = keras.saving.serialize_keras_object(optimizer)
-        # a fresh pool: a newly compiled suffix, as the first fold of a study gets
         suffix = pc.SuffixPool().borrow(pc.build_suffix(split.cut, model.outputs),
-                                        model.get_compile_config() | overrides)
-        inputs = pc._inputs(arrays, fit)
+                                        model.get_compile_config() | {"steps_per_execution": spe})
+        inputs, y = pc._inputs(arrays, fold.fit), keras.utils.to_categorical(study.y[fold.fit], 2)
+        steps = epochs * -(-len(fold.fit) // b)
         start = time.perf_counter()
-        suffix.fit(inputs, study.onehot[fit], epochs=1, batch_size=b, verbose=0)  # trace + warm up
-        first_epoch = time.perf_counter() - start
+        suffix.fit(inputs, y, epochs=1, batch_size=b, verbose=0)  # trace + warm up
+        first = time.perf_counter() - start
         start = time.perf_counter()
-        suffix.fit(inputs, study.onehot[fit], epochs=epochs, batch_size=b, verbose=0, shuffle=True)
-        per_step = (time.perf_counter() - start) / (epochs * -(-len(fit) // b))
-        trace = first_epoch - per_step * -(-len(fit) // b)
-        suffix.predict(inputs, batch_size=b, verbose=0)
-        start = time.perf_counter()
-        for _ in range(epochs):
-            suffix.predict(inputs, batch_size=b, verbose=0)
-        forward = (time.perf_counter() - start) / (epochs * -(-len(fit) // b))
-        n_params = sum(int(np.prod(w.shape)) for w in suffix.trainable_weights)
+        suffix.fit(inputs, y, epochs=epochs, batch_size=b, verbose=0, shuffle=True)
+        rows.append((f"train step, steps_per_execution={spe}, ms", (time.perf_counter() - start) / steps * 1e3))
+        if spe == 1:
+            rows.append(("trace of a new suffix's train step (once per study), s", first - rows[-1][1] / 1e3 * steps / epochs))
+            rows.append(("trainable parameters (suffix + head)", sum(int(np.prod(w.shape)) for w in suffix.trainable_weights)))
         keras.backend.clear_session()
         gc.collect()
-        return per_step, forward, n_params, trace
-
-    adam, forward, n_params, trace = timed_fit()
-    sgd, _, _, _ = timed_fit(optimizer=keras.optimizers.SGD(1e-4))
-    spe, _, _, _ = timed_fit(steps_per_execution=16)
-    rows.append(("trainable parameters (suffix + head)", n_params))
-    rows.append(("trace/compile of a new suffix's train step (SuffixPool saves it on later folds), s", trace))
-    rows.append(("forward only (predict step), ms", forward * 1e3))
-    rows.append(("train step, SGD, ms", sgd * 1e3))
-    rows.append(("train step, Adam (fit default), ms", adam * 1e3))
-    rows.append(("  -> backward + SGD ≈ SGD step − forward, ms", (sgd - forward) * 1e3))
-    rows.append(("  -> Adam over SGD (moments on the trainable weights), ms", (adam - sgd) * 1e3))
-    rows.append(("train step, Adam, steps_per_execution=16, ms", spe * 1e3))
-    rows.append(("  -> per-step Python/dispatch overhead ≈ default − spe16, ms", (adam - spe) * 1e3))
-    try:
-        xla, _, _, _ = timed_fit(jit_compile=True)
-        rows.append(("train step, Adam, jit_compile=True (XLA), ms", xla * 1e3))
-    except Exception as error:  # noqa: BLE001 - report, do not abort the benchmark
-        rows.append((f"jit_compile=True failed: {type(error).__name__}", float("nan")))
-    return rows
-
-
-def extraction_batches(study: Study, strategy: int, batches=(4, 32, 64)) -> list[tuple[str, float]]:
-    """Prefix extraction throughput (img/s) by batch size."""
-    rows = []
-    model = study.build(strategy, 0)
-    split, _ = pc.split_model(model)
-    for batch in batches:
-        store = pc.ActivationStore()
-        store.get(split, study.x[:batch], batch_size=batch)  # trace this batch shape
-        store.clear()
-        start = time.perf_counter()
-        store.get(split, study.x, batch_size=batch)
-        rows.append((f"prefix extraction, batch {batch}, img/s", len(study.x) / (time.perf_counter() - start)))
-        store.clear()
-    keras.backend.clear_session()
-    gc.collect()
+    rows.append(("prefix extraction, img/s", len(study.x) / store.last_extract_s))
+    store.clear()
     return rows
 
 
@@ -242,18 +288,24 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4, help="training batch (the paper: 4)")
-    parser.add_argument("--predict-batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--precisions", nargs="+", default=["float32"],
+                        help="finetune.precision values, e.g. float32 mixed_bfloat16 (naive and cached per value)")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive column (ratios then n/a)")
+    parser.add_argument("--naive-all-precisions", action="store_true",
+                        help="the naive column for every precision (default: float32 only)")
+    parser.add_argument("--no-batched", action="store_true", help="skip the batched column")
     parser.add_argument("--no-profile", action="store_true", help="skip the where-the-time-goes profile")
+    parser.add_argument("--batched-only", metavar="JSON", help=argparse.SUPPRESS)  # the JAX subprocess
+    parser.add_argument("--weights-dir", help=argparse.SUPPRESS)  # its frozen weights: the parent's files
+    parser.add_argument("--sweep", action="store_true", help="also the RSS sweep of cached configurations")
     parser.add_argument("--sweep-backbones", nargs="*",
                         default=["vgg16", "vgg19", "resnet50", "resnet101", "inceptionv3"])
     parser.add_argument("--sweep-strategies", nargs="*", type=int, default=[0, 15])
     parser.add_argument("--sweep-size", type=int, default=75)
     parser.add_argument("--sweep-images", type=int, default=24)
     parser.add_argument("--sweep-repeats", type=int, default=2, help="2: compare each configuration with itself")
-    parser.add_argument("--dtype-policy", default="float32",
-                        help="e.g. mixed_bfloat16: both paths in that policy (changes the math; not the default)")
     return parser.parse_args(argv)
 
 
@@ -263,46 +315,93 @@ def table(rows, header) -> str:
     return "\n".join(lines)
 
 
+TABLE_HEADER = ("backbone", "strategy", "precision", "naive s", "cached s", "batched s", "naive/cached",
+                "naive/batched", "cached: build / prefix / fit / predict s", "test AUC naive / cached / batched")
+GRID_HEADER = ("backbone", "strategy", "precision", "naive h", "cached h", "batched h", "naive h ×3 repeats",
+               "cached h ×3", "batched h ×3")
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    load = os.getloadavg()
+    return (f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}), load average at start {load[0]:.1f}, "
+            f"backend {keras.backend.backend()}, keras {keras.__version__}")
+
+
+def fmt(value, spec=".1f") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def batched_only(args) -> None:
+    """Subprocess mode: the batched study of one (backbone, strategy), as JSON."""
+    x, y = make_images(args.images, args.size, args.seed)
+    backbone, strategy = args.backbones[0], args.strategies[0]
+    weights_dir = args.weights_dir or tempfile.mkdtemp(prefix="bench-weights-")
+    study = Study(args, backbone, get_spec(backbone).preprocess()(x.copy()), y, weights_dir)
+    Path(args.batched_only).write_text(json.dumps(study.run_batched(strategy)))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    keras.config.set_dtype_policy(args.dtype_policy)
-    print(f"dtype_policy={args.dtype_policy} backend={keras.backend.backend()} keras={keras.__version__} cpus={os.cpu_count()} "
-          f"images={args.images} size={args.size} folds={args.folds} epochs={args.epochs} batch={args.batch}",
-          flush=True)
+    if args.batched_only:
+        return batched_only(args)
+    print(f"# {machine()}\nimages={args.images} size={args.size} folds={args.folds} epochs={args.epochs} "
+          f"batch={args.batch} precisions={args.precisions}", flush=True)
     weights_dir = tempfile.mkdtemp(prefix="bench-weights-")
     x, y = make_images(args.images, args.size, args.seed)
-    rows, profile_rows = [], []
+    rows, grid_rows, profile_rows = [], [], []
+    started = time.perf_counter()
     for backbone in args.backbones:
         study = Study(args, backbone, get_spec(backbone).preprocess()(x.copy()), y, weights_dir)
         for strategy in args.strategies:
-            store = pc.ActivationStore()
-            with PeakRss() as naive_rss:
-                naive = study.run(strategy, cached=False)
-            with PeakRss() as cached_rss:
-                cached = study.run(strategy, cached=True, store=store)
-            ratio = naive["total"] / cached["total"]
-            fit_images = sum(len(f) for f, _, _ in study.folds) * args.epochs
-            rows.append((backbone, f"{strategy} %", f"{naive['total']:.1f}", f"{cached['total']:.1f}", f"{ratio:.2f}×",
-                         f"{cached['prefix']:.1f} / {cached['fit']:.1f} / {cached['predict']:.1f} / "
-                         f"{cached['build']:.1f}",
-                         f"{fit_images / naive['fit']:.1f} / {fit_images / cached['fit']:.1f}",
-                         f"{naive_rss.peak:.0f} / {cached_rss.peak:.0f}"))
-            print(table(rows[-1:], TABLE_HEADER).splitlines()[-1], flush=True)
+            for precision in args.precisions:
+                # the paper's baseline is float32: naive only there (its bf16 speed: docs/benchmarks.md)
+                skip_naive = args.no_naive or (precision != "float32" and not args.naive_all_precisions)
+                naive = None if skip_naive else study.run(strategy, cached=False, precision=precision)
+                cached = study.run(strategy, cached=True, precision=precision)
+                batched = "skipped" if args.no_batched or precision != "float32" else batched_unavailable()
+                if batched is None:
+                    batched = (study.run_batched(strategy) if keras.backend.backend() == "jax"
+                               else batched_in_jax(args, backbone, strategy, weights_dir))
+                b = batched if isinstance(batched, dict) else None
+                n_total = naive["total"] if naive else None
+                rows.append((backbone, f"{strategy} %", precision, fmt(n_total), fmt(cached["total"]),
+                             fmt(b["total"]) if b else batched,
+                             f"**{n_total / cached['total']:.2f}×**" if naive else "n/a",
+                             f"{n_total / b['total']:.2f}×" if naive and b else "n/a",
+                             " / ".join(fmt(cached[k]) for k in ("build", "prefix", "fit", "predict")),
+                             " / ".join(fmt(t["auc"], ".3f") if t else "n/a" for t in (naive, cached, b))))
+                print(" | ".join(rows[-1]), flush=True)
+                hours = [grid_hours(study, t, r) if t else "n/a" for r in (1, 3) for t in (naive, cached, b)]
+                grid_rows.append((backbone, f"{strategy} %", precision, *(fmt(h) for h in hours)))
+                print(f"per-fold test AUC {precision}: naive", [f"{a:.3f}" for a in naive["aucs"]] if naive else "n/a",
+                      "cached", [f"{a:.3f}" for a in cached["aucs"]], flush=True)
             if not args.no_profile and not profile_rows:
-                profile_rows = [(f"{backbone} {strategy} %", "")] + profile_suffix(study, strategy, store)
-                profile_rows += extraction_batches(study, strategy)
-            store.clear()
-    print("\n## naive (paper-style full-model fit) vs cached, same k-fold study\n")
+                profile_rows = [(f"{backbone} {strategy} %", "")] + profile_suffix(study, strategy)
+    print(f"\n## naive (the paper's full-model fit per fold) vs cached vs batched, same k-fold study "
+          f"({time.perf_counter() - started:.0f} s)\n")
     print(table(rows, TABLE_HEADER))
+    print(f"\n## projected wall time of the paper's grid on this machine ({GRID['datasets']} datasets, "
+          f"{GRID['images']} images, {GRID['configurations']} configurations, {GRID['folds']} folds, "
+          f"{GRID['epochs']} epochs, batch {args.batch}), if every configuration cost like the row\n")
+    for precision in args.precisions:  # the grid as the mean of the measured strategies (all 7: the paper's mix)
+        mine = [row for row in grid_rows if row[2] == precision]
+        means = []
+        for column in range(3, len(GRID_HEADER)):
+            values = [row[column] for row in mine]
+            means.append(fmt(float(np.mean([float(v) for v in values]))) if "n/a" not in values else "n/a")
+        grid_rows.append(("mean of the rows", "", precision, *means))
+    print(table(grid_rows, GRID_HEADER))
     if profile_rows:
-        print("\n## where the cached time goes (suffix only, batch %d)\n" % args.batch)
-        print(table([(k, f"{v:.1f}" if isinstance(v, float) else v) for k, v in profile_rows], ("measure", "value")))
-    if args.sweep_backbones and args.sweep_strategies:
+        print("\n## where a cached training step goes (suffix only, batch %d)\n" % args.batch)
+        print(table([(k, fmt(v)) for k, v in profile_rows], ("measure", "value")))
+    if args.sweep and args.sweep_backbones and args.sweep_strategies:
         sweep(args, weights_dir)
-
-
-TABLE_HEADER = ("backbone", "strategy", "naive s", "cached s", "ratio",
-                "cached: prefix / fit / predict / build s", "train img/s naive / cached", "peak RSS MB naive / cached")
 
 
 def sweep(args, weights_dir: str) -> None:
@@ -314,11 +413,9 @@ def sweep(args, weights_dir: str) -> None:
         for backbone in args.sweep_backbones:
             study = Study(sweep_args, backbone, get_spec(backbone).preprocess()(x.copy()), y, weights_dir)
             for strategy in args.sweep_strategies:
-                store = pc.ActivationStore()
                 start = time.perf_counter()
                 with PeakRss() as peak:
-                    study.run(strategy, cached=True, store=store)
-                store.clear()
+                    study.run(strategy, cached=True)
                 gc.collect()
                 after.append(rss_mb())
                 rows.append((len(rows) + 1, backbone, f"{strategy} %", f"{time.perf_counter() - start:.1f}",
@@ -328,14 +425,10 @@ def sweep(args, weights_dir: str) -> None:
     print(f"\n## sweep: {len(rows)} cached configurations in one process ({args.sweep_size} px, "
           f"{args.sweep_images} images, 2 folds, 1 epoch, list run {args.sweep_repeats}×)\n")
     print(table(rows, ("#", "backbone", "strategy", "s", "peak RSS MB", "RSS after MB")))
-    print(f"\npeak RSS per configuration: min {min(peaks):.0f} MB, max {max(peaks):.0f} MB "
-          f"(max/min {max(peaks) / min(peaks):.2f}); resident after: first {after[0]:.0f} MB, last {after[-1]:.0f} MB "
-          f"({after[-1] / after[0] - 1:+.1%}); process high-water mark "
+    print(f"\npeak RSS per configuration: min {min(peaks):.0f} MB, max {max(peaks):.0f} MB; resident after: first "
+          f"{after[0]:.0f} MB, last {after[-1]:.0f} MB ({after[-1] / after[0] - 1:+.1%}); process high-water mark "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
-    if args.sweep_repeats > 1:
-        half = len(rows) // 2
-        growth = max(abs(b - a) / a for a, b in zip(peaks[:half], peaks[half:]))
-        print(f"same configuration, later pass vs first: peak RSS differs by at most {growth:.1%}")
+
 
 if __name__ == "__main__":
     main()

@@ -142,6 +142,7 @@ class Finetune(Section):
     prefix_cache: bool = True  # exact frozen-prefix cache (models/prefix_cache.py)
     class_weight: ClassWeight = "none"  # balanced: each class weighs n / (2 · n_class) in the loss
     parallel_folds: bool = True  # JAX backend: every fold of a configuration trained at once (models/batched.py)
+    precision: Literal["float32", "mixed_bfloat16"] = "float32"  # Keras dtype policy of the model's layers
 
 
 PositiveFloat = Annotated[float, Field(gt=0.0)]

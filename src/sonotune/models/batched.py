@@ -2,16 +2,16 @@
 
 `iter_train_folds_batched` keeps `training.iter_train_folds`' batch contract and, fold for fold, the math of
 `training.train_fold` under the JAX backend:
-- Each fold's model is built as `train_fold` builds it (`keras.utils.set_random_seed(fold_seed)`, then
-  `build_fold_model`), so its initial weights and Dropout seed state are the sequential path's.
+- Each fold's model is built as `train_fold` builds it (`build_fold_model` under its `fold_seed`:
+  the backbone, then the head under `head_seed(fold_seed)`), so its initial weights and Dropout seed state are the sequential path's.
 - The trained part is the whole model, or with a `PrefixCache` the suffix after the frozen prefix, over the
   cached activations (one array when every fold's frozen weights are equal, e.g. ImageNet weights; one per
   fold otherwise, e.g. random initialisation). Its trainable, non-trainable (BatchNorm statistics, Dropout seed
   state) and optimizer variables are stacked on a leading axis of length K, and one `jax.jit`-compiled step,
   `jax.vmap` of `stateless_call` + `optimizer.stateless_apply`, updates every model on its own mini-batch.
 - Batch order: Keras' `fit(shuffle=True)` on arrays draws `np.random.permutation(n_fit)` per epoch from the
-  global NumPy state that `set_random_seed(fold_seed)` seeded; here each fold draws the same permutations from
-  its own `RandomState(fold_seed)`. Folds differ in training-set size, so a step updates the models whose batch
+  global NumPy state that `set_random_seed(head_seed(fold_seed))` seeded; here each fold draws the same
+  permutations from its own `RandomState(head_seed(fold_seed))`. Folds differ in training-set size, so a step updates the models whose batch
   has the step's size and leaves the others untouched (`active`); a last, partial batch is a separate call of
   its own size (no padding: BatchNorm in training mode sees exactly the batch that `fit` would give it).
 - Loss: the compiled categorical cross-entropy with the fold's class weights as sample weights
@@ -52,9 +52,10 @@ class Kit:
     """The sequential trainer's primitives (models/training.py passes its own, so the two paths cannot drift
     apart and this module does not import training, which imports it)."""
 
-    build_fold_model: Callable  # (cfg, backbone, strategy) -> compiled classifier
+    build_fold_model: Callable  # (cfg, backbone, strategy, seed, pool) -> compiled classifier
     train_fold: Callable  # the sequential fallback: (cfg, seed, backbone, strategy, x, y, fold, cache) -> TrainedFold
     fold_seed: Callable  # (seed, fold) -> int
+    head_seed: Callable  # fold seed -> the seed of its head and shuffles
     class_weights: Callable  # (policy, y_fit) -> {class: weight} | None
     trained_fold: Callable  # TrainedFold(model, history, best_epoch, monitored)
     better: Callable  # (monitor, a, b) -> bool
@@ -82,8 +83,7 @@ def initial_model(kit: Kit, cfg: Finetune, seed: int, backbone: str, strategy: i
     """The fold's model before training, built exactly as `training.train_fold` builds it."""
     import keras
 
-    keras.utils.set_random_seed(kit.fold_seed(seed, fold))
-    return kit.build_fold_model(cfg, backbone, strategy)
+    return kit.build_fold_model(cfg, backbone, strategy, kit.fold_seed(seed, fold), None)
 
 
 FIT_PEEKS = 1  # permutations Keras' JAX `fit` draws before its first epoch (`_symbolic_build` peeks one batch)
@@ -338,7 +338,7 @@ def train_members(kit: Kit, cfg: Finetune, seed: int, members: list[Member], x: 
                                                       shared_inputs)
     y_device, w_device = jnp.asarray(onehot), jnp.asarray(weights)
 
-    permutations = [epoch_permutations(kit.fold_seed(seed, m.fold), len(m.fold.fit), cfg.epochs) for m in members]
+    permutations = [epoch_permutations(kit.head_seed(kit.fold_seed(seed, m.fold)), len(m.fold.fit), cfg.epochs) for m in members]
     monitor = cfg.monitor
     K = len(members)
     history = [dict() for _ in members]

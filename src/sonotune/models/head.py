@@ -26,7 +26,8 @@ def build_classifier(backbone_model, head: HeadConfig):
     x = keras.layers.GlobalMaxPooling2D(name=POOLED_LAYER)(backbone_model.output)
     x = keras.layers.Dense(head.dense_units, activation="relu", name=DENSE_LAYER)(x)
     x = keras.layers.Dropout(head.dropout)(x)
-    outputs = keras.layers.Dense(2, activation="softmax", name="probabilities")(x)
+    # float32 whatever the dtype policy (finetune.precision): a bf16 softmax would round the scores into ties
+    outputs = keras.layers.Dense(2, activation="softmax", name="probabilities", dtype="float32")(x)
     model = keras.Model(backbone_model.input, outputs)
     model.compile(
         optimizer=keras.optimizers.Adam(head.learning_rate),

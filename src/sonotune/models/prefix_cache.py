@@ -24,6 +24,10 @@ configuration): a fold loads its own variables into the copy (weights, BatchNorm
 state), resets the optimizer to its freshly built state, trains, and copies every variable back, so after
 `fit_with_prefix_cache` the original model holds the trained weights exactly as if it had been fitted itself.
 
+The backbone itself is shared too: `share_constant_part(model)` derives, per fold, a model that reads `model`'s
+own constant tensors and owns fresh copies (same values) of every other layer, so one built and loaded backbone
+serves every fold of a configuration (`training.BackbonePool`).
+
 Memory: activations stay in RAM up to `ram_budget_bytes` (default a quarter of physical memory), beyond
 that in an `np.memmap` in a temporary folder; the store keeps one entry (one study's folds share it; the
 next study's frozen part replaces it) so a sweep's memory stays flat.
@@ -58,7 +62,8 @@ class PrefixSplit:
     frozen_layers: list = field(default_factory=list)
 
 
-def _is_constant_layer(layer) -> bool:
+def is_constant_layer(layer) -> bool:
+    """Whether `layer`'s output cannot change during `fit` when its inputs do not (see the module docstring)."""
     import keras
 
     if layer.trainable_weights:
@@ -92,7 +97,7 @@ def find_cut(model) -> tuple[list, list, str | None]:
         layer = node.operation
         if isinstance(layer, InputLayer):
             continue
-        if all(id(t) in constant for t in node.input_tensors) and _is_constant_layer(layer):
+        if all(id(t) in constant for t in node.input_tensors) and is_constant_layer(layer):
             constant.update(id(t) for t in node.output_tensors)
             if layer not in frozen:
                 frozen.append(layer)
@@ -133,6 +138,45 @@ def build_suffix(cut: list, outputs):
     import keras
 
     return keras.Model(list(cut), outputs)
+
+
+def copy_layer(layer):
+    """A fresh layer of `layer`'s class and configuration (unbuilt: its variables appear at its first call)."""
+    return layer.__class__.from_config(layer.get_config())
+
+
+def share_constant_part(model):
+    """A model of `model`'s graph that shares its constant part and owns fresh copies of every other layer.
+
+    The constant nodes (model inputs, then every layer that `is_constant_layer` and reads only constant
+    tensors: the part `find_cut` would cache) are not called again: the new model reads `model`'s own tensors
+    there, so the cut tensors keep their identity (the `ActivationStore` key) and no frozen layer gains a
+    node. Every other layer is called as a copy (same class and config, hence the same names) whose variables
+    are assigned `model`'s values: trainable weights, BatchNorm statistics, seed states. Training the new
+    model changes none of `model`'s variables, so it can be derived again for the next fold.
+    """
+    import keras
+
+    tensors = {id(t): t for t in model.inputs}
+    copies = []
+    for node in _topological_nodes(model):
+        if node.is_input or not node.operation:
+            continue
+        layer = node.operation
+        unchanged = all(tensors.get(id(t)) is t for t in node.input_tensors)
+        if unchanged and is_constant_layer(layer):
+            tensors.update((id(t), t) for t in node.outputs)
+            continue
+        args, kwargs = node.arguments.fill_in(tensors)
+        copy = copy_layer(layer)
+        outputs = copy(*args, **kwargs)
+        copies.append((layer, copy))
+        tensors.update((id(x), y) for x, y in zip(node.outputs, keras.tree.flatten(outputs), strict=True))
+    for layer, copy in copies:
+        for source, target in zip(layer.variables, copy.variables, strict=True):
+            target.assign(keras.ops.copy(source.value))
+    outputs = keras.tree.pack_sequence_as(model._outputs_struct, [tensors[id(t)] for t in model.outputs])
+    return keras.Model(model.inputs, outputs, name=model.name)
 
 
 # ---------------------------------------------------------------- compiled suffixes, reused across folds

@@ -6,13 +6,23 @@ cross-validation); their docstring is the batch contract a vectorised trainer mu
 
 Library code: arrays, a `cv.Fold`, the `finetune` section of the params and a seed in; a trained Keras model out.
 It knows nothing of stages, files or MLflow. The frozen-prefix cache (`PrefixCache`) is an object the caller
-creates and passes to every fold of one configuration, so the folds share the frozen part's activations and
-the compiled suffix; without one, the model is fitted whole (the paper's way).
+creates and passes to every fold of one configuration, so the folds share the frozen part's activations, the
+compiled suffix and, when the frozen weights are the same for every fold (`finetune.weights` imagenet or a
+file), the backbone itself: built and loaded once (`BackbonePool`), each fold gets the shared frozen layers and
+fresh copies of the trainable ones at their loaded values (`prefix_cache.share_constant_part`). Without a
+cache, each fold builds its model and fits it whole (the paper's way).
+
+Seeds: a fold's backbone (random when `finetune.weights` is null) is built under `fold_seed`; the head (its
+initial weights, Dropout draws) and the shuffles under `head_seed(fold_seed)`, set after the backbone is built,
+so they do not depend on how much randomness building the backbone consumed (none when it is shared).
 """
 
 from __future__ import annotations
 
 import gc
+import os
+import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -29,22 +39,55 @@ from sonotune.models.prefix_cache import (
     SuffixPool,
     fit_with_prefix_cache,
     predict_with_prefix_cache,
+    share_constant_part,
 )
 from sonotune.models.strategies import apply_strategy
 
 PREDICT_BATCH = 64
+# the suffix's train step runs this many batches per call (same batches, same math: Keras loops them inside one
+# compiled function); at 0 % a head step is ~1 ms of arithmetic under ~12 ms of per-call overhead
+SUFFIX_STEPS_PER_EXECUTION = 64
+
+
+class BackbonePool:
+    """The configuration's backbone, built, loaded and frozen once; `derive` gives each fold its own model.
+
+    Holds one entry (a study trains one configuration; the next replaces it). Only for frozen weights that
+    every fold shares (imagenet or a file): random backbones differ per fold by seed and are never pooled.
+    """
+
+    def __init__(self):
+        self.key: tuple | None = None
+        self.base = None
+        self.builds = 0
+
+    def clear(self) -> None:
+        self.key, self.base = None, None
+
+    def derive(self, cfg: Finetune, backbone: str, strategy: int):
+        key = backbone_key(cfg, backbone, strategy)
+        if key != self.key:
+            self.clear()
+            self.base = build_backbone(cfg, backbone, strategy)
+            self.key = key
+            self.builds += 1
+        return share_constant_part(self.base)
 
 
 @dataclass
 class PrefixCache:
-    """The frozen prefix's activations and the compiled suffixes, shared by the folds of one configuration."""
+    """What the folds of one configuration share: the frozen prefix's activations, the compiled suffixes, the
+    backbone (when its weights are the same for every fold) and the seconds spent per phase (`seconds`)."""
 
     store: ActivationStore = field(default_factory=ActivationStore)
     suffixes: SuffixPool = field(default_factory=SuffixPool)
+    backbones: BackbonePool = field(default_factory=BackbonePool)
+    seconds: Counter = field(default_factory=Counter)  # build / prefix / fit, summed over the folds
 
     def clear(self) -> None:
         self.store.clear()
         self.suffixes.clear()
+        self.backbones.clear()
 
 
 class TrainedFold(NamedTuple):
@@ -77,11 +120,60 @@ def epoch_bar(total: int, description: str, monitor: str):
     return EpochBar()
 
 
-def build_fold_model(cfg: Finetune, backbone: str, strategy: int):
-    """The backbone with its first layers frozen per `strategy`, under the paper's head, compiled."""
-    base = create_backbone(backbone, cfg.input_size, cfg.weights)
+class dtype_policy:  # noqa: N801 - used as a context manager
+    """Keras' global dtype policy set to `name` while building (layers keep the policy they were built with)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        import keras
+
+        self.previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(self.name)
+
+    def __exit__(self, *exc):
+        import keras
+
+        keras.config.set_dtype_policy(self.previous)
+
+
+def backbone_key(cfg: Finetune, backbone: str, strategy: int) -> tuple:
+    """What a built, loaded and frozen backbone depends on (a weights file by its path, size and mtime)."""
+    weights = cfg.weights
+    if weights not in (None, "imagenet") and os.path.isfile(weights):
+        stat = os.stat(weights)
+        weights = (os.path.abspath(weights), stat.st_size, stat.st_mtime_ns)
+    return backbone, cfg.input_size, weights, strategy, cfg.freeze_bn, cfg.precision
+
+
+def build_backbone(cfg: Finetune, backbone: str, strategy: int):
+    """The backbone with its weights and its first layers frozen per `strategy`."""
+    with dtype_policy(cfg.precision):
+        base = create_backbone(backbone, cfg.input_size, cfg.weights)
     apply_strategy(base, backbone, strategy, cfg.freeze_bn)
-    return build_classifier(base, HeadConfig(cfg.dense_units, cfg.dropout, cfg.learning_rate))
+    return base
+
+
+def head_seed(seed: int) -> int:
+    """The seed of a fold's head and shuffles, derived from its `fold_seed` (a stream apart from the
+    backbone's, which a random-weights backbone is built from)."""
+    return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0] >> 1)
+
+
+def build_fold_model(cfg: Finetune, backbone: str, strategy: int, seed: int, pool: BackbonePool | None = None):
+    """The backbone with its first layers frozen per `strategy`, under the paper's head, compiled; the backbone
+    built under `seed` (or derived from `pool` when its weights are shared), the head under `head_seed(seed)`."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if pool is not None and cfg.weights is not None:
+        base = pool.derive(cfg, backbone, strategy)
+    else:
+        base = build_backbone(cfg, backbone, strategy)
+    keras.utils.set_random_seed(head_seed(seed))
+    with dtype_policy(cfg.precision):
+        return build_classifier(base, HeadConfig(cfg.dense_units, cfg.dropout, cfg.learning_rate))
 
 
 def fold_seed(seed: int, fold: Fold) -> int:
@@ -113,7 +205,7 @@ def iter_train_folds(cfg: Finetune, seed: int, backbone: str, strategy: int, x: 
     if cfg.parallel_folds and keras.backend.backend() == "jax":  # every fold at once (models/batched.py)
         from sonotune.models.batched import Kit, iter_train_folds_batched
 
-        kit = Kit(build_fold_model, train_fold, fold_seed, class_weights, TrainedFold, better)
+        kit = Kit(build_fold_model, train_fold, fold_seed, head_seed, class_weights, TrainedFold, better)
         yield from iter_train_folds_batched(kit, cfg, seed, backbone, strategy, x, y, folds, cache)
         return
     for fold in folds:
@@ -144,12 +236,14 @@ def train_fold(cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.nda
     """Train on `fold.fit`, keep the epoch with the best `cfg.monitor` on `fold.val`; seeded with
     `fold_seed(seed, fold)`.
 
-    With `cache`, the frozen layers run once per image set (same math: the weights match the full model's fit
-    up to float rounding; falls back to the full fit, logged, when nothing is frozen)."""
+    With `cache`, the frozen layers run once per image set and, when the weights are shared (imagenet or a
+    file), the backbone is built once per configuration (same math: the weights match the full model's fit up
+    to float rounding; falls back to the full fit, logged, when nothing is frozen)."""
     import keras
 
-    keras.utils.set_random_seed(fold_seed(seed, fold))
-    model = build_fold_model(cfg, backbone, strategy)
+    start = time.perf_counter()
+    model = build_fold_model(cfg, backbone, strategy, fold_seed(seed, fold), cache.backbones if cache else None)
+    built = time.perf_counter()
     onehot = keras.utils.to_categorical(y, 2)
     mode = "min" if cfg.monitor == "val_loss" else "max"
     # EarlyStopping with patience = epochs never stops early: it is the "keep the best epoch" selector
@@ -161,8 +255,12 @@ def train_fold(cfg: Finetune, seed: int, backbone: str, strategy: int, x: np.nda
     fit = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks,
                class_weight=class_weights(cfg.class_weight, y[fold.fit]))
     if cache is not None:
+        misses = cache.store.misses
         history = fit_with_prefix_cache(model, x, onehot, fold.fit, fold.val, store=cache.store,
-                                        suffixes=cache.suffixes, **fit)
+                                        suffixes=cache.suffixes,
+                                        compile_overrides={"steps_per_execution": SUFFIX_STEPS_PER_EXECUTION}, **fit)
+        prefix = cache.store.last_extract_s if cache.store.misses > misses else 0.0
+        cache.seconds.update(build=built - start, prefix=prefix, fit=time.perf_counter() - built - prefix)
     else:
         history = model.fit(x[fold.fit], onehot[fold.fit], validation_data=(x[fold.val], onehot[fold.val]), **fit)
     return TrainedFold(model, history.history, best.best_epoch, float(best.best))
