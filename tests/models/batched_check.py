@@ -85,8 +85,7 @@ def equivalence() -> dict:
     together = batched(params, x, y, folds)
     out = {}
     for fold, batch_result in zip(folds, together):
-        keras.utils.set_random_seed(fold_seed(params.seed, fold))  # as train_fold builds its model
-        initial = weights_of(build_fold_model(params.finetune, BACKBONE, STRATEGY))
+        initial = weights_of(build_fold_model(params.finetune, BACKBONE, STRATEGY, fold_seed(params.seed, fold)))
         keras.backend.clear_session()
         alone = summary(train_fold(params.finetune, params.seed, BACKBONE, STRATEGY, x, y, fold, None), x, None)
         keras.backend.clear_session()
