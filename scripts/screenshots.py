@@ -14,8 +14,8 @@ From the store (`--store`, default `mlruns/mlflow.db`, the demo's) it picks the 
 
 Needs `pip install -e ".[screenshots]"` (Playwright's Python package) and a Chromium: the first of `--chromium`,
 `$CHROMIUM`, /usr/bin/chromium-headless-shell, /usr/bin/chromium, or Playwright's own (`playwright install
-chromium`). CI installs neither; tests/test_screenshots.py runs the parts without a browser and skips the rest
-with the reason.
+chromium`). CI installs both (the `test` extra, apt's chromium-headless-shell in .ci/run); where either is
+missing, tests/test_screenshots.py runs the parts without a browser and skips the rest with the reason.
 """
 
 from __future__ import annotations

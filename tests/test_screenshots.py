@@ -1,5 +1,6 @@
 """scripts/screenshots.py: which runs it shows and the pages it opens (no browser), and, where Playwright and a
-Chromium are installed, the screenshots themselves from a real `mlflow server` (CI installs neither: skipped)."""
+Chromium are installed, the screenshots themselves from a real `mlflow server` (CI installs both; skipped with the reason where
+either is missing)."""
 
 from __future__ import annotations
 
