@@ -9,7 +9,7 @@ From the store (`--store`, default `mlruns/mlflow.db`, the demo's) it picks the 
   clicked, so the picture shows what a newcomer sees);
 - `docs/mlflow_runs_filter.png`: the experiment's runs table filtered to `tags.fold = 'all'`, with the columns
   the README names ticked in its Columns menu (`TABLE_COLUMNS`; MLflow 3 shows no metric by default);
-- `docs/cross_strategy.png`: the report's cross-strategy figure (`reports/figures/*strateg*.png`), copied as it
+- `docs/auc_by_strategy.png` (the README's figure): the report's cross-strategy figure (`reports/figures/*strateg*.png`), copied as it
   is, or skipped with a note when the report wrote none.
 
 Needs `pip install -e ".[screenshots]"` (Playwright's Python package) and a Chromium: the first of `--chromium`,
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if figure is None:
         print(f"note: no cross-strategy figure under {args.reports / 'figures'} (the report writes it); skipped")
     else:
-        written.append(Path(shutil.copyfile(figure, args.out / "cross_strategy.png")))
+        written.append(Path(shutil.copyfile(figure, args.out / "auc_by_strategy.png")))
     for path in written:
         print(f"wrote {path}")
     return 0
