@@ -324,8 +324,9 @@ def cmd_grid(args) -> None:
     root = Path.cwd()
     env = grid.forwarded_env() | {"MLFLOW_TRACKING_URI": grid.require_server()}
     scratch = Path(args.scratch) if args.scratch else grid.default_scratch(root)
-    print("preparing the data on this machine (dvc repro prepare)", flush=True)
-    grid.dvc(["repro", "--quiet", "prepare"], root, capture=False)
+    # the pretrained backbones are inputs of every finetune job, as the prepared data are
+    print("preparing the data and the pretrained backbones on this machine (dvc repro prepare pretrain)", flush=True)
+    grid.dvc(["repro", "--quiet", "prepare", "pretrain"], root, capture=False)
     if args.engine == "ray":
         resources = Resources(args.cpus, args.gpus, args.memory_gb, args.max_retries)
         engine = RayEngine(scratch, env, resources, args.workers * args.cpus if args.workers else None,

@@ -1,6 +1,6 @@
 """Command `sonotune grid`: the study's out-of-date configurations run as jobs (Ray tasks, or here), DVC the bookkeeper.
 
-1. `dvc repro prepare` on the driver (the prepared data every job reads).
+1. `dvc repro prepare pretrain` on the driver (the prepared data and pretrained backbones every job reads).
 2. `dvc status --json`: a configuration (dataset, backbone, strategy) is a job when `finetune@<d>-<b>-<s>` is
    out of date (then finetune and svm run) or only its `svm@…` is (svm alone) — what `dvc repro` would run.
 3. Each job ships its stages' dependencies (as dvc.yaml lists them, + `src/` and params.yaml) to a worker,
