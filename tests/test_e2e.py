@@ -90,7 +90,9 @@ def test_dvc_repro_tiny_study(tmp_path):
     line = next(l for l in (ROOT / "README.md").read_text().splitlines() if l.startswith("dvc exp show"))
     table = run(["bash", "-c", line.split("  #")[0]], tiny_repo, env=project_env(COLUMNS="400")).stdout
     width = max(len(row.rstrip()) for row in table.splitlines())
-    assert width <= 160 and "phantom.mlp_auc" in table and "finetune.learning_rate" in table, table
+    # --only-changed shows the headline metrics the experiment moved (which ones depends on the tiny study's luck)
+    assert width <= 160 and "finetune.learning_rate" in table, table
+    assert any(f"phantom.{m}" in table for m in ("mlp_auc", "svm_auc", "distinguishable")), table
     assert "0.0005" in table and "workspace" in table
     diff = run(["dvc", "exp", "diff"], tiny_repo).stdout
     assert "finetune.learning_rate" in diff and "0.001" in diff and "0.0005" in diff
