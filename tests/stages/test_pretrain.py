@@ -84,7 +84,9 @@ def test_the_demo_pretrains_every_backbone_of_the_study_before_finetune():
     assert params.finetune.weights == PRETRAINED
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert stages["pretrain"]["foreach"] == "${study.backbones}"
-    assert stages["pretrain"]["do"]["outs"] == ["prepared/pretrain/${item}.weights.h5"]
+    # the weights and the stage's report are outputs (the report is no top-level metric: exp show stays headline)
+    assert stages["pretrain"]["do"]["outs"] == ["prepared/pretrain/${item}.weights.h5", "prepared/pretrain/${item}.json"]
+    assert "metrics" not in stages["pretrain"]["do"]
     assert "prepared/pretrain/${item.backbone}.weights.h5" in stages["finetune"]["deps"]
 
 
