@@ -46,7 +46,8 @@ def _train(backbone, strategy, size, cache: PrefixCache | None, x, y, fold):
     return weights, history, best_epoch, features
 
 
-def _assert_same(full, cached):
+def assert_same_training(full, cached):
+    """Two (weights, history, best_epoch, features) of one fold agree to RTOL (also used by test_shared_backbone)."""
     for a, b in zip(full[0], cached[0], strict=True):
         np.testing.assert_allclose(b, a, rtol=RTOL, atol=RTOL * (np.abs(a).max() + 1e-12))
     assert cached[2] == full[2]
@@ -64,7 +65,7 @@ def test_cached_training_matches_the_full_model(backbone, strategy):
     cache = PrefixCache()
     cached = _train(backbone, strategy, size, cache, x, y, fold)
     assert cache.store.misses == 1  # training extracted the prefix; feature extraction reused it
-    _assert_same(full, cached)
+    assert_same_training(full, cached)
 
 
 def test_a_cache_hit_trains_like_a_miss():
@@ -76,7 +77,7 @@ def test_a_cache_hit_trains_like_a_miss():
     hits = cache.store.hits
     again = _train("resnet50", 15, 32, cache, x, y, fold)
     assert cache.store.hits >= hits + 2
-    _assert_same(full, again)
+    assert_same_training(full, again)
 
 
 def test_later_folds_reuse_the_compiled_suffix_and_train_like_the_full_model():
@@ -96,7 +97,7 @@ def test_later_folds_reuse_the_compiled_suffix_and_train_like_the_full_model():
     for before, after in zip(trained0, model0.weights, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(after.value), before)
     np.testing.assert_array_equal(trained0[-1], full[0][0][-1])  # fold 0's own result, bit for bit here
-    _assert_same(full[1], cached1)
+    assert_same_training(full[1], cached1)
 
 
 def test_the_structure_signature_ignores_names_but_not_shapes_or_frozen_layers():

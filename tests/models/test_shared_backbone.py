@@ -10,9 +10,8 @@ from sonotune.config import parse_params
 from sonotune.cv import Fold
 from sonotune.models.backbones import create_backbone
 from sonotune.models.training import PrefixCache, head_seed, predict_outputs, train_fold
+from tests.models.test_prefix_cache import assert_same_training
 from tests.workspace import tiny_params
-
-RTOL = 1e-5
 
 
 def _weights_file(tmp_path, backbone: str) -> str:
@@ -47,17 +46,6 @@ def _snapshot(trained, features):
     return weights, trained.history, trained.best_epoch, {k: np.array(v) for k, v in features.items()}
 
 
-def _assert_same(expected, actual):
-    for a, b in zip(expected[0], actual[0], strict=True):
-        np.testing.assert_allclose(b, a, rtol=RTOL, atol=RTOL * (np.abs(a).max() + 1e-12))
-    assert actual[2] == expected[2]
-    for key in expected[1]:
-        np.testing.assert_allclose(actual[1][key], expected[1][key], rtol=RTOL, atol=1e-7)
-    for key in expected[3]:
-        np.testing.assert_allclose(actual[3][key], expected[3][key], rtol=RTOL,
-                                   atol=RTOL * np.abs(expected[3][key]).max())
-
-
 @pytest.mark.parametrize(("backbone", "strategy"), [("resnet50", 15), ("vgg16", 0)])
 def test_folds_on_a_shared_backbone_equal_folds_on_their_own(tmp_path, backbone, strategy):
     weights = _weights_file(tmp_path, backbone)
@@ -85,8 +73,8 @@ def test_folds_on_a_shared_backbone_equal_folds_on_their_own(tmp_path, backbone,
     trainable0 = [layer for layer in trained0.model.layers if layer.trainable_weights]
     assert not any(layer is other for layer in trainable0 for other in trained1.model.layers)
 
-    _assert_same(fold1_first, fold1_second)  # no state leaks from fold 0 into fold 1
-    _assert_same(alone, fold1_second)  # the shared backbone trains what a fold's own model does
+    assert_same_training(fold1_first, fold1_second)  # no state leaks from fold 0 into fold 1
+    assert_same_training(alone, fold1_second)  # the shared backbone trains what a fold's own model does
     for before, after in zip(fold0[0], trained0.model.weights, strict=True):  # fold 1 left fold 0's model as it was
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(after.value), before)
     assert not np.allclose(fold0[3]["probabilities"], fold1_second[3]["probabilities"])
