@@ -9,7 +9,8 @@ from sonotune.config import Pretrain
 from sonotune.data.phantom import _image_rng, simulate_bmode, simulate_source
 from sonotune.errors import ConfigError
 from sonotune.models.backbones import create_backbone, resolve_weights, get_spec
-from sonotune.models.pretraining import phantom_source, pretrain_backbone, save_backbone_weights, source_split
+from sonotune.models.pretraining import (phantom_source, pretrain_backbone, recalibrate_batchnorm,
+                                         save_backbone_weights, source_split)
 from sonotune.vocabulary import CLASS_NAMES
 
 TINY = Pretrain(n_images=16, image_size=48, epochs=1, batch_size=8)
@@ -85,3 +86,32 @@ def test_a_weights_template_names_the_backbones_file(tmp_path):
 def test_save_backbone_weights_needs_a_keras_weights_name(tmp_path):
     with pytest.raises(ValueError, match=r"\.weights\.h5"):
         save_backbone_weights(object(), tmp_path / "vgg16.h5")
+
+
+def test_recalibrated_batchnorm_makes_inference_match_the_batch_statistics():
+    """After `recalibrate_batchnorm` on one batch, inference mode normalises with that batch's own statistics, so
+    its features equal training mode's on the batch; before it (fresh moving statistics) they do not."""
+    keras.utils.set_random_seed(0)
+    base = create_backbone("resnet50", 32, None)
+    x = get_spec("resnet50").preprocess()(np.random.default_rng(0).uniform(0, 255, (64, 32, 32, 3)).astype("float32"))
+    batch = keras.ops.convert_to_numpy(base(x, training=True))
+    assert not np.allclose(keras.ops.convert_to_numpy(base(x, training=False)), batch, rtol=1e-3, atol=1e-3)
+    weights = [w.copy() for w in base.get_weights()]
+    assert recalibrate_batchnorm(base, x, batch_size=64) == 53  # ResNet50's BatchNormalization layers
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(base(x, training=False)), batch, rtol=1e-3, atol=1e-3)
+    assert [layer.momentum for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)] == [0.99] * 53
+    changed = [not np.array_equal(a, b) for a, b in zip(weights, base.get_weights())]
+    assert sum(changed) == 2 * 53  # the moving mean and variance of each BN layer, nothing else
+
+
+def test_recalibration_averages_the_batches_and_leaves_vgg_alone():
+    keras.utils.set_random_seed(0)
+    base = create_backbone("resnet50", 32, None)
+    x = np.random.default_rng(1).normal(size=(96, 32, 32, 3)).astype("float32")
+    first = next(layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization))
+    conv = keras.Model(base.input, base.get_layer(first.name).input)
+    halves = [keras.ops.convert_to_numpy(conv(x[i:i + 48])).mean(axis=(0, 1, 2)) for i in (0, 48)]
+    recalibrate_batchnorm(base, x, batch_size=48)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(first.moving_mean), np.mean(halves, axis=0), rtol=1e-4,
+                               atol=1e-5)
+    assert recalibrate_batchnorm(create_backbone("vgg16", 32, None), x) == 0

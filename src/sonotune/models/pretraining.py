@@ -4,7 +4,8 @@ study's own domain (as RadImageNet does for radiology) instead of ImageNet, with
 The source task is the phantom's: benign vs malignant on fresh simulated cases (`data.phantom.simulate_source`),
 which never include a study image. The backbone (random init) gets a small head — the study's own
 GlobalMaxPooling → Dense → softmax, so its pooled features are the ones the study's head and SVM read — and is
-trained whole; the epoch with the best AUC on held-out source images is kept, and only the backbone's weights are
+trained whole (BatchNormalization statistics re-estimated on the training images before each validation:
+`recalibrate_batchnorm`); the epoch with the best AUC on held-out source images is kept, and only the backbone's weights are
 saved (`<backbone>.weights.h5`, what `keras.applications.<Backbone>(weights=path)` loads at any input size).
 
 Library code: arrays and the `pretrain` section in, a trained Keras backbone out; no files but the one
@@ -26,6 +27,7 @@ from sonotune.models.backbones import create_backbone, get_spec
 from sonotune.models.head import HeadConfig, build_classifier
 
 SOURCE_HEAD = HeadConfig(dense_units=256, dropout=0.3)  # the pretext head; dropped after pretraining
+BN_BATCH = 64  # images per forward pass when BatchNormalization statistics are re-estimated
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,52 @@ def pretrain_backbone(cfg: Pretrain, backbone: str, input_size: int, task: Sourc
     # EarlyStopping with patience = epochs never stops early: it restores the epoch with the best val_auc
     best = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.epochs,
                                          restore_best_weights=True)
+    callbacks = [precise_batchnorm_callback(base, x[fit]), best]  # statistics first: they are part of the best epoch
     history = model.fit(x[fit], onehot[fit], validation_data=(x[val], onehot[val]), epochs=cfg.epochs,
-                        batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=[best])
+                        batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
     values = {key: [float(v) for v in series] for key, series in history.history.items()}
     best_epoch = int(np.argmax(values["val_auc"]))
     return Pretrained(base, values, best_epoch, values["val_auc"][best_epoch])
+
+
+def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = BN_BATCH) -> int:
+    """Re-estimate every BatchNormalization layer's moving mean and variance on `x` ("precise BN"); returns the
+    number of BN layers (0: nothing to do, e.g. VGG).
+
+    Why: a backbone trained from scratch for a few hundred steps keeps moving statistics that are still close to
+    their initial (0, 1) at momentum 0.99, so in inference mode — its held-out AUC, and every frozen layer of the
+    fine-tuning — it normalises with the wrong statistics and its features are noise. Here each full batch runs in
+    training mode with momentum k / (k + 1), so the moving statistics become the average over the batches of
+    their batch statistics (the last, partial batch is left out unless it is the only one); weights are untouched.
+    """
+    import keras
+
+    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    starts = list(range(0, max(len(x) - batch_size + 1, 1), batch_size))
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for k, start in enumerate(starts):
+            for layer in layers:
+                layer.momentum = k / (k + 1)
+            model(x[start:start + batch_size], training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return len(layers)
+
+
+def precise_batchnorm_callback(backbone_model, x: np.ndarray):
+    """A Keras callback that re-estimates the backbone's BatchNormalization statistics on `x` (the training
+    images) before each validation, so the held-out AUC that picks the epoch is the one inference will give."""
+    import keras
+
+    class PreciseBatchNorm(keras.callbacks.Callback):
+        def on_test_begin(self, logs=None):
+            recalibrate_batchnorm(backbone_model, x)
+
+    return PreciseBatchNorm()
 
 
 def untrained_backbone(backbone: str, input_size: int, seed: int) -> Pretrained:

@@ -16,3 +16,21 @@ def test_summary_names_the_best_strategy_and_a_clear_winner(workdir):
     assert "50 % with MLP" in line and "runner-up 15 %" in line and "→ distinguishable" in line
     line = next(l for l in text.splitlines() if l.startswith("- phantom: SVM ahead in"))
     assert "of 3 configurations" in line and "(vgg16 50 %: MLP +0.4" in line
+
+
+def test_one_sentence_names_the_clearest_difference(workdir):
+    params = report_params(backbones=("vgg16",), strategies=(0, 15))
+    quality = {("vgg16", 0, "mlp"): 0.0, ("vgg16", 15, "mlp"): 0.1, ("vgg16", 0, "svm"): 4.0, ("vgg16", 15, "svm"): 0.2}
+    fake_study(params, quality)
+    line = next(l for l in run_report(params).splitlines() if l.startswith("In one sentence:"))
+    assert "vgg16 at 0 %, the SVM scores AUC" in line and "against the MLP head's" in line, line
+    margin, low, high = (float(v) for v in
+                         line.split("a margin of ")[1].replace("[", "").replace(",", "").split("]")[0].split())
+    assert 0 < low < margin < high, line
+
+
+def test_one_sentence_says_when_nothing_is_distinguishable(workdir):
+    params = report_params(backbones=("vgg16",), strategies=(0, 15))
+    fake_study(params, {key: 0.3 for key in [("vgg16", s, c) for s in (0, 15) for c in ("mlp", "svm")]})
+    line = next(l for l in run_report(params).splitlines() if l.startswith("In one sentence:"))
+    assert "none of the 4 comparisons is distinguishable" in line, line

@@ -83,6 +83,41 @@ def classifier_lines(tests: pd.DataFrame, alpha: float) -> list[str]:
     return lines
 
 
+def _plain_comparison(t) -> str:
+    """One comparison row of `statistics.comparisons` as the two things compared, each with its AUC."""
+    if t.family == "classifier":
+        winner, loser = ("SVM", "MLP head") if t.difference < 0 else ("MLP head", "SVM")
+        auc_w, auc_l = (t.auc_b, t.auc_a) if t.difference < 0 else (t.auc_a, t.auc_b)
+        return (f"on {t.dataset}, {t.backbone} at {t.strategy} %, the {winner} scores AUC {auc_w:.3f} against the "
+                f"{loser}'s {auc_l:.3f}")
+    won_a = t.difference > 0
+    more, fewer = (t.a, t.b) if won_a else (t.b, t.a)
+    auc_w, auc_l = (t.auc_a, t.auc_b) if won_a else (t.auc_b, t.auc_a)
+    return (f"on {t.dataset}, {t.backbone} with the {CLASSIFIER_LABELS[t.classifier]}, training the last {more} % "
+            f"of the layers scores AUC {auc_w:.3f} against {auc_l:.3f} at {fewer} %")
+
+
+def headline_lines(tests: pd.DataFrame, alpha: float) -> list[str]:
+    """The study's clearest answer in one sentence a newcomer can read: the distinguishable comparison with the
+    smallest Holm p (ties: the largest difference), or why there is none."""
+    tested = tests[tests["p_holm"].notna()]
+    if tested.empty:
+        return ["In one sentence: no comparison could be tested (see the reasons below)."]
+    found = tested[tested["distinguishable"]]
+    if found.empty:
+        return [f"In one sentence: none of the {len(tested)} comparisons is distinguishable at α = {alpha:g} — every "
+                "difference below is within what re-sampling the patients could produce; more images, or cv.repeats, "
+                "narrow the intervals."]
+    ranked = found.assign(size=found["difference"].abs()).sort_values(["p_holm", "size"], ascending=[True, False])
+    best = ranked.iloc[0]
+    sign = 1 if best.difference > 0 else -1  # the winner's margin, and its interval, as positive numbers
+    low, high = sorted((sign * best.low, sign * best.high))
+    more = f" ({len(found) - 1} more distinguishable below)" if len(found) > 1 else ""
+    return [f"In one sentence: {_plain_comparison(best)} — a margin of {sign * best.difference:.3f} "
+            f"[{low:.3f}, {high:.3f}], Holm p {_p(best.p_holm)}: too large to be the luck of which patients were "
+            f"drawn{more}."]
+
+
 def table4_lines(t4: pd.DataFrame, strategy: int) -> list[str]:
     """Table 4 inline (fold means at `strategy`), or a pointer to table4.md when it is long."""
     if len(t4) > TABLE4_INLINE_ROWS:
@@ -111,7 +146,7 @@ def summary_text(params: Params, results: pd.DataFrame, table: pd.DataFrame, bes
     top = results.loc[results["auc_mean"].idxmax()]
     repeats = f" × {params.cv.repeats} repeats" if params.cv.repeats > 1 else ""
     lines = [f"# sonotune study — {', '.join(params.study.datasets)} · protocol `{params.protocol}` · "
-             f"{params.cv.n_splits}-fold CV{repeats}", ""]
+             f"{params.cv.n_splits}-fold CV{repeats}", "", *headline_lines(tests, cfg.alpha), ""]
     if len(table) <= TABLE3_INLINE_ROWS:
         lines += table3_markdown(table, cfg.alpha, INTERVAL_NAMES[cfg.interval]).splitlines()
     else:
