@@ -10,6 +10,7 @@ from pathlib import Path
 
 RUNS_ROOT = Path("runs")
 REPORTS_ROOT = Path("reports")
+PRETRAIN_ROOT = Path("prepared") / "pretrain"  # the pretrain stage's backbones (finetune.weights can name them)
 
 
 def config_dir(dataset: str, backbone: str, strategy: int) -> Path:

@@ -74,7 +74,6 @@ def pretrain_backbone(cfg: Pretrain, backbone: str, input_size: int, task: Sourc
 
     keras.utils.set_random_seed(seed)
     base = create_backbone(backbone, input_size, None)
-    he_initialise(base, seed)
     head = HeadConfig(SOURCE_HEAD.dense_units, SOURCE_HEAD.dropout, cfg.learning_rate)
     model = build_classifier(base, head)
     x = get_spec(backbone).preprocess()(task.images.astype(np.float32))
@@ -89,24 +88,6 @@ def pretrain_backbone(cfg: Pretrain, backbone: str, input_size: int, task: Sourc
     values = {key: [float(v) for v in series] for key, series in history.history.items()}
     best_epoch = int(np.argmax(values["val_auc"]))
     return Pretrained(base, values, best_epoch, values["val_auc"][best_epoch])
-
-
-def he_initialise(model, seed: int) -> int:
-    """Re-draw every convolution kernel from He (Kaiming) normal, `seed`-ed, biases zero; returns how many.
-
-    Why: Keras' applications initialise kernels Glorot-uniform, which keeps the variance of a linear layer but
-    halves it at every ReLU; through VGG16's 13 ReLU convolutions, without BatchNormalization to restore it, the
-    pooled features of a random VGG16 come out ≈ 1e-2 of the input's scale, the gradients reaching the early
-    layers vanish, and a few hundred steps from scratch barely move the loss (He et al. 2015 designed this
-    initialisation for exactly that case). Pretrained ImageNet weights never see it: they are trained."""
-    import keras
-
-    convolutions = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Conv2D)]
-    for k, layer in enumerate(convolutions):
-        layer.kernel.assign(keras.initializers.HeNormal(seed=seed * 1000 + k)(layer.kernel.shape))
-        if layer.use_bias:
-            layer.bias.assign(keras.ops.zeros(layer.bias.shape))
-    return len(convolutions)
 
 
 def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = BN_BATCH) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from sonotune import tracking
 from sonotune.config import Params, flatten
 from sonotune.errors import require_writable
+from sonotune.layout import PRETRAIN_ROOT
 from sonotune.models.backbones import check_backbone, get_spec
 from sonotune.models.pretraining import (
     phantom_source,
@@ -26,7 +27,6 @@ from sonotune.models.pretraining import (
     untrained_backbone,
 )
 
-PRETRAIN_ROOT = Path("prepared") / "pretrain"
 EXPERIMENT = "pretrain"  # MLflow experiment sonotune-pretrain
 
 

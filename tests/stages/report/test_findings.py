@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from sonotune.stages.report import run_report
+from sonotune.stages.report.findings import headline_lines
 from tests.stages.report.helpers import fake_study, report_params
 
 
@@ -34,3 +37,34 @@ def test_one_sentence_says_when_nothing_is_distinguishable(workdir):
     fake_study(params, {key: 0.3 for key in [("vgg16", s, c) for s in (0, 15) for c in ("mlp", "svm")]})
     line = next(l for l in run_report(params).splitlines() if l.startswith("In one sentence:"))
     assert "none of the 4 comparisons is distinguishable" in line, line
+
+
+def test_backbones_are_compared_on_the_same_classifier_and_strategy(workdir):
+    params = report_params(backbones=("vgg16", "resnet50"), strategies=(0, 15))
+    quality = {(b, s, c): 0.3 for b in ("vgg16", "resnet50") for s in (0, 15) for c in ("mlp", "svm")}
+    quality[("resnet50", 15, "svm")] = 4.0
+    fake_study(params, quality)
+    text = run_report(params)
+    tests = pd.read_csv(workdir / "reports/comparisons.csv")
+    backbones = tests[tests["family"].str.startswith("backbone:")]
+    assert sorted(backbones["family"]) == ["backbone:mlp:0", "backbone:mlp:15", "backbone:svm:0", "backbone:svm:15"]
+    assert (backbones[["a", "b"]].to_numpy() == ["vgg16", "resnet50"]).all()
+    line = next(l for l in text.splitlines() if l.startswith("- phantom:") and "over" in l)
+    assert "1 of 4 distinguishable" in line and "SVM 15 %: resnet50 +0." in line and "over vgg16" in line, line
+    sentence = headline_lines(backbones.assign(distinguishable=backbones["distinguishable"].astype(bool)), 0.05)[0]
+    assert "on phantom with the SVM at 15 %, resnet50 scores AUC" in sentence and "against vgg16's" in sentence, sentence
+
+
+def test_the_summary_says_what_the_backbones_start_from(workdir):
+    from sonotune.stages.report.findings import starting_weights_line
+
+    params = report_params(backbones=("vgg16",), strategies=(0, 15))
+    fake_study(params)
+    assert starting_weights_line(params) in run_report(params)
+    lines = {weights: starting_weights_line(params.model_copy(update={
+                 "finetune": params.finetune.model_copy(update={"weights": weights})}))
+             for weights in (None, "imagenet", "prepared/pretrain/{backbone}.weights.h5", "w/{backbone}.weights.h5")}
+    assert "nothing is transferred" in lines[None] and "ImageNet" in lines["imagenet"]
+    assert f"the pretrain stage trained on a source task (phantom: {params.pretrain.n_images} fresh cases" in lines[
+        "prepared/pretrain/{backbone}.weights.h5"]
+    assert "`w/{backbone}.weights.h5`" in lines["w/{backbone}.weights.h5"]

@@ -4,12 +4,14 @@ and the one-screen summary (`summary.md`, printed at the end of `dvc repro`) tha
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sonotune import tracking
 from sonotune.config import Params
+from sonotune.layout import PRETRAIN_ROOT
 from sonotune.stages.report.statistics import INTERVAL_NAMES, TEST_NAMES
 from sonotune.stages.report.tables import table3_markdown, table4_rows
 from sonotune.vocabulary import CLASSIFIER_LABELS
@@ -88,8 +90,13 @@ def _plain_comparison(t) -> str:
     if t.family == "classifier":
         winner, loser = ("SVM", "MLP head") if t.difference < 0 else ("MLP head", "SVM")
         auc_w, auc_l = (t.auc_b, t.auc_a) if t.difference < 0 else (t.auc_a, t.auc_b)
-        return (f"on {t.dataset}, {t.backbone} at {t.strategy} %, the {winner} scores AUC {auc_w:.3f} against the "
+        return (f"on {t.dataset}, {t.backbone} at {int(t.strategy)} %, the {winner} scores AUC {auc_w:.3f} against the "
                 f"{loser}'s {auc_l:.3f}")
+    if t.family.startswith("backbone:"):
+        winner, loser = (t.a, t.b) if t.difference > 0 else (t.b, t.a)
+        auc_w, auc_l = (t.auc_a, t.auc_b) if t.difference > 0 else (t.auc_b, t.auc_a)
+        return (f"on {t.dataset} with the {CLASSIFIER_LABELS[t.classifier]} at {int(t.strategy)} %, {winner} scores AUC "
+                f"{auc_w:.3f} against {loser}'s {auc_l:.3f}")
     won_a = t.difference > 0
     more, fewer = (t.a, t.b) if won_a else (t.b, t.a)
     auc_w, auc_l = (t.auc_a, t.auc_b) if won_a else (t.auc_b, t.auc_a)
@@ -116,6 +123,37 @@ def headline_lines(tests: pd.DataFrame, alpha: float) -> list[str]:
     return [f"In one sentence: {_plain_comparison(best)} — a margin of {sign * best.difference:.3f} "
             f"[{low:.3f}, {high:.3f}], Holm p {_p(best.p_holm)}: too large to be the luck of which patients were "
             f"drawn{more}."]
+
+
+def backbone_lines(tests: pd.DataFrame, alpha: float) -> list[str]:
+    """Per dataset: how many backbone comparisons (same classifier and strategy) are distinguishable, and which."""
+    lines = []
+    paired = tests[tests["family"].str.startswith("backbone:")]
+    for dataset, group in paired.groupby("dataset", sort=False):
+        if group["no_test"].notna().any():
+            lines.append(f"- {dataset}: {len(group)} comparisons; no calibrated test, {group['no_test'].dropna().iloc[0]}")
+            continue
+        found = group[group["distinguishable"]]
+        detail = "; ".join(f"{CLASSIFIER_LABELS[t.classifier]} {t.strategy} %: "
+                           f"{t.a if t.difference > 0 else t.b} +{abs(t.difference):.3f} over "
+                           f"{t.b if t.difference > 0 else t.a}, Holm p {_p(t.p_holm)}" for t in found.itertuples())
+        lines.append(f"- {dataset}: {len(found)} of {len(group)} distinguishable after Holm at α = {alpha:g}"
+                     + (f" ({detail})" if detail else ""))
+    return lines
+
+
+def starting_weights_line(params: Params) -> str:
+    """Where the backbones' weights came from, in words: what "transfer" means for this study."""
+    weights = params.finetune.weights
+    if weights is None:
+        return "Backbones start from random weights (`finetune.weights: null`): nothing is transferred."
+    if weights == "imagenet":
+        return "Backbones start from ImageNet weights (`finetune.weights: imagenet`): transfer from natural images."
+    if Path(weights).parts[:2] == PRETRAIN_ROOT.parts:
+        return (f"Backbones start from weights the pretrain stage trained on a source task ({params.pretrain.source}: "
+                f"{params.pretrain.n_images} fresh cases, none of them in this study; docs/pretrain.md): transfer "
+                "from the study's own domain. At 0 % those weights are all the backbone knows.")
+    return f"Backbones start from the weights file `{weights}` (`finetune.weights`)."
 
 
 def table4_lines(t4: pd.DataFrame, strategy: int) -> list[str]:
@@ -146,13 +184,17 @@ def summary_text(params: Params, results: pd.DataFrame, table: pd.DataFrame, bes
     top = results.loc[results["auc_mean"].idxmax()]
     repeats = f" × {params.cv.repeats} repeats" if params.cv.repeats > 1 else ""
     lines = [f"# sonotune study — {', '.join(params.study.datasets)} · protocol `{params.protocol}` · "
-             f"{params.cv.n_splits}-fold CV{repeats}", "", *headline_lines(tests, cfg.alpha), ""]
+             f"{params.cv.n_splits}-fold CV{repeats}", "", *headline_lines(tests, cfg.alpha), "",
+             starting_weights_line(params), ""]
     if len(table) <= TABLE3_INLINE_ROWS:
         lines += table3_markdown(table, cfg.alpha, INTERVAL_NAMES[cfg.interval]).splitlines()
     else:
         lines.append(f"Table 3 ({len(table)} rows): reports/table3.md")
     lines += ["", "Best strategy per backbone (vs the runner-up strategy, same classifier; Holm within backbone):"]
     lines += best_lines(best, cfg.alpha, test_name)
+    if len(params.study.backbones) > 1:
+        lines += ["", f"Backbones on the same folds ({test_name}; Holm within each classifier and strategy):"]
+        lines += backbone_lines(tests, cfg.alpha)
     lines += ["", f"MLP vs SVM on the same folds ({test_name}, Holm within dataset):"]
     lines += classifier_lines(tests, cfg.alpha)
     lines += ["", *table4_lines(t4, t4_strategy)]

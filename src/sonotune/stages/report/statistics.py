@@ -117,8 +117,8 @@ def _repeated(frame: pd.DataFrame, a: str, b: str, n_splits: int, alpha: float) 
 def comparisons(study: StudyResults, params: Params) -> pd.DataFrame:
     """Every paired comparison, with Holm's correction inside each family of questions.
 
-    Families: the strategies of one (dataset, backbone, classifier) — "which strategy?"; and the
-    configurations of one dataset — "MLP or SVM?". `no_test` says why a dataset's rows carry no p-value.
+    Families: the strategies of one (dataset, backbone, classifier) — "which strategy?"; the backbones of one
+    (dataset, classifier, strategy) — "which backbone?"; and the configurations of one dataset — "MLP or SVM?". `no_test` says why a dataset's rows carry no p-value.
     """
     s = params.study
     rows = []
@@ -138,6 +138,11 @@ def comparisons(study: StudyResults, params: Params) -> pd.DataFrame:
                 rows.append({"dataset": dataset, "family": f"strategy:{backbone}:{classifier}",
                              "backbone": backbone, "classifier": classifier, "a": f"{a}", "b": f"{b}",
                              **compare(score_column(backbone, a, classifier), score_column(backbone, b, classifier))})
+        for classifier, strategy in product(CLASSIFIERS, s.strategies):
+            for a, b in combinations(s.backbones, 2):
+                rows.append({"dataset": dataset, "family": f"backbone:{classifier}:{strategy}",
+                             "classifier": classifier, "strategy": strategy, "a": a, "b": b,
+                             **compare(score_column(a, strategy, classifier), score_column(b, strategy, classifier))})
         mlp, svm = CLASSIFIERS
         for backbone, strategy in product(s.backbones, s.strategies):
             rows.append({"dataset": dataset, "family": "classifier", "backbone": backbone, "strategy": strategy,
