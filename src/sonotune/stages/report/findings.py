@@ -77,7 +77,7 @@ def classifier_lines(tests: pd.DataFrame, alpha: float) -> list[str]:
                          f"{group['no_test'].dropna().iloc[0]}")
             continue
         significant = group[group["distinguishable"]]
-        detail = "; ".join(f"{t.backbone} {t.strategy} %: {'SVM' if t.difference < 0 else 'MLP'} "
+        detail = "; ".join(f"{t.backbone} {t.strategy} %: {_sides(t, 'MLP', 'SVM')[0][0]} "
                            f"{abs(t.difference):+.3f}, Holm p {_p(t.p_holm)}" for t in significant.itertuples())
         lines.append(f"- {dataset}: SVM ahead in {ahead} of {len(group)} configurations; "
                      f"{len(significant)} distinguishable after Holm at α = {alpha:g}"
@@ -85,23 +85,24 @@ def classifier_lines(tests: pd.DataFrame, alpha: float) -> list[str]:
     return lines
 
 
+def _sides(t, name_a=None, name_b=None) -> tuple[tuple[str, float], tuple[str, float]]:
+    """A comparison row's two sides as (name, AUC), the winner first: `difference` is side a's AUC minus side b's."""
+    a, b = (name_a or t.a, t.auc_a), (name_b or t.b, t.auc_b)
+    return (a, b) if t.difference > 0 else (b, a)
+
+
 def _plain_comparison(t) -> str:
     """One comparison row of `statistics.comparisons` as the two things compared, each with its AUC."""
     if t.family == "classifier":
-        winner, loser = ("SVM", "MLP head") if t.difference < 0 else ("MLP head", "SVM")
-        auc_w, auc_l = (t.auc_b, t.auc_a) if t.difference < 0 else (t.auc_a, t.auc_b)
+        (winner, auc_w), (loser, auc_l) = _sides(t, "MLP head", "SVM")
         return (f"on {t.dataset}, {t.backbone} at {int(t.strategy)} %, the {winner} scores AUC {auc_w:.3f} against the "
                 f"{loser}'s {auc_l:.3f}")
+    (winner, auc_w), (loser, auc_l) = _sides(t)
     if t.family.startswith("backbone:"):
-        winner, loser = (t.a, t.b) if t.difference > 0 else (t.b, t.a)
-        auc_w, auc_l = (t.auc_a, t.auc_b) if t.difference > 0 else (t.auc_b, t.auc_a)
         return (f"on {t.dataset} with the {CLASSIFIER_LABELS[t.classifier]} at {int(t.strategy)} %, {winner} scores AUC "
                 f"{auc_w:.3f} against {loser}'s {auc_l:.3f}")
-    won_a = t.difference > 0
-    more, fewer = (t.a, t.b) if won_a else (t.b, t.a)
-    auc_w, auc_l = (t.auc_a, t.auc_b) if won_a else (t.auc_b, t.auc_a)
-    return (f"on {t.dataset}, {t.backbone} with the {CLASSIFIER_LABELS[t.classifier]}, training the last {more} % "
-            f"of the layers scores AUC {auc_w:.3f} against {auc_l:.3f} at {fewer} %")
+    return (f"on {t.dataset}, {t.backbone} with the {CLASSIFIER_LABELS[t.classifier]}, training the last {winner} % "
+            f"of the layers scores AUC {auc_w:.3f} against {auc_l:.3f} at {loser} %")
 
 
 def headline_lines(tests: pd.DataFrame, alpha: float) -> list[str]:
@@ -134,9 +135,9 @@ def backbone_lines(tests: pd.DataFrame, alpha: float) -> list[str]:
             lines.append(f"- {dataset}: {len(group)} comparisons; no calibrated test, {group['no_test'].dropna().iloc[0]}")
             continue
         found = group[group["distinguishable"]]
-        detail = "; ".join(f"{CLASSIFIER_LABELS[t.classifier]} {t.strategy} %: "
-                           f"{t.a if t.difference > 0 else t.b} +{abs(t.difference):.3f} over "
-                           f"{t.b if t.difference > 0 else t.a}, Holm p {_p(t.p_holm)}" for t in found.itertuples())
+        detail = "; ".join(f"{CLASSIFIER_LABELS[t.classifier]} {t.strategy} %: {_sides(t)[0][0]} "
+                           f"+{abs(t.difference):.3f} over {_sides(t)[1][0]}, Holm p {_p(t.p_holm)}"
+                           for t in found.itertuples())
         lines.append(f"- {dataset}: {len(found)} of {len(group)} distinguishable after Holm at α = {alpha:g}"
                      + (f" ({detail})" if detail else ""))
     return lines
