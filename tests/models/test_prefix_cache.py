@@ -16,7 +16,7 @@ from sonotune.models.backbones import BACKBONES
 from sonotune.models.training import PrefixCache, predict_outputs, train_fold
 from sonotune.models.prefix_cache import (
     ActivationStore, SuffixPool, find_cut, fit_with_prefix_cache,
-    structure_signature,
+    split_model, structure_signature,
 )
 from tests.workspace import tiny_params
 
@@ -167,3 +167,27 @@ def test_activations_beyond_the_ram_budget_go_to_a_memmap_with_the_same_result(t
     assert not list(tmp_path.iterdir())  # the spilled files went with the entry
     for a, b in zip(*results, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_images_and_frozen_weights_are_hashed_once_per_object_and_recognised_by_content():
+    """Folds reuse one array object and one shared backbone: one digest for all of them; an equal copy of the
+    images is hashed anew and hits; changed images, or new frozen weights, miss."""
+    keras.utils.set_random_seed(0)
+    split, _ = split_model(_residual_model())
+    x = np.random.default_rng(2).normal(size=(6, 8, 8, 3)).astype(np.float32)
+    store = ActivationStore()
+    first = store.get(split, x)
+    for _ in range(3):
+        assert store.get(split, x) is first
+    assert (store.digests, store.hits, store.misses) == (1, 3, 1)
+    assert store.get(split, x.copy()) is first
+    assert (store.digests, store.hits, store.misses) == (2, 4, 1)
+    changed = x.copy()
+    changed[0, 0, 0, 0] += 1
+    store.get(split, changed)
+    assert (store.digests, store.misses) == (3, 2)
+    keras.utils.set_random_seed(1)
+    other, _ = split_model(_residual_model())  # a newly built backbone: other frozen weights
+    store.get(other, changed)
+    assert (store.digests, store.misses) == (4, 3)
+    keras.backend.clear_session()
