@@ -59,7 +59,7 @@ def test_fit_arrays_trains_like_keras_fit(inputs, class_weight):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
 
 
-def test_a_second_fit_reuses_the_compiled_loops_and_shuffles_differently():
+def test_a_second_fit_reuses_the_compiled_loops_and_draws_the_shuffles_fit_would():
     arrays, y, fit, val = _data(1)
     model = _model(1)
     kwargs = dict(epochs=2, batch_size=4, shuffle=True, verbose=0)

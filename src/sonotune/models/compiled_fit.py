@@ -16,7 +16,7 @@ same training:
   returned History) and `stop_training`.
 
 `applies(model, fit_kwargs)` says when it can stand in for `fit`: TensorFlow backend, only the keyword arguments
-above, no callback with batch-level hooks. The exactness tests (tests/models/test_prefix_cache.py) compare it
+above, no callback with batch-level or validation hooks. The exactness tests (tests/models/test_prefix_cache.py) compare it
 with the full model's `fit`, weights and history, to float rounding.
 """
 
@@ -25,14 +25,16 @@ from __future__ import annotations
 import numpy as np
 
 SUPPORTED_KWARGS = {"epochs", "batch_size", "shuffle", "verbose", "callbacks", "class_weight"}
-BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end",
-               "on_test_begin", "on_test_end")
+# the hooks `fit` calls and `fit_arrays` does not: per batch, and around each validation
+UNCALLED_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end",
+                  "on_test_begin", "on_test_end")
 
 
-def _has_batch_hooks(callback) -> bool:
+def _uses_uncalled_hooks(callback) -> bool:
     import keras
 
-    return any(getattr(type(callback), hook) is not getattr(keras.callbacks.Callback, hook) for hook in BATCH_HOOKS)
+    return any(getattr(type(callback), hook) is not getattr(keras.callbacks.Callback, hook)
+               for hook in UNCALLED_HOOKS)
 
 
 def applies(model, fit_kwargs: dict) -> str | None:
@@ -45,8 +47,8 @@ def applies(model, fit_kwargs: dict) -> str | None:
         return f"fit arguments {sorted(set(fit_kwargs) - SUPPORTED_KWARGS)}"
     if fit_kwargs.get("verbose", "auto") != 0:
         return "a Keras progress bar (verbose != 0)"
-    if any(_has_batch_hooks(c) for c in fit_kwargs.get("callbacks") or []):
-        return "a callback with batch-level hooks"
+    if any(_uses_uncalled_hooks(c) for c in fit_kwargs.get("callbacks") or []):
+        return "a callback with batch-level or validation hooks"
     return None
 
 
@@ -68,25 +70,21 @@ def _loops(model, specs: tuple):
         data = (x[0] if len(x) == 1 else x, tf.gather(y, index))
         return data if weights is None else (*data, tf.gather(weights, index))
 
-    if weight_spec is None:
-        @tf.function(input_signature=[list(inputs_spec), y_spec, batches_spec], jit_compile=jit)
-        def train(inputs, y, batches):
+    def over_rows(step):
+        """`step` (train_step or test_step) on each row of `batches`, one tf.while_loop."""
+        def run(inputs, y, weights, batches):
             for row in tf.range(tf.shape(batches)[0]):
-                model.train_step(batch(inputs, y, None, batches[row]))
+                step(batch(inputs, y, weights, batches[row]))
             return tf.constant(0)
-    else:
-        @tf.function(input_signature=[list(inputs_spec), y_spec, weight_spec, batches_spec], jit_compile=jit)
-        def train(inputs, y, weights, batches):
-            for row in tf.range(tf.shape(batches)[0]):
-                model.train_step(batch(inputs, y, weights, batches[row]))
-            return tf.constant(0)
+        return run
 
-    @tf.function(input_signature=[list(inputs_spec), y_spec, batches_spec], jit_compile=jit)
-    def test(inputs, y, batches):
-        for row in tf.range(tf.shape(batches)[0]):
-            model.test_step(batch(inputs, y, None, batches[row]))
-        return tf.constant(0)
+    def compiled(run, with_weights: bool):
+        signature = [list(inputs_spec), y_spec, *([weight_spec] if with_weights else []), batches_spec]
+        body = run if with_weights else (lambda inputs, y, batches: run(inputs, y, None, batches))
+        return tf.function(body, input_signature=signature, jit_compile=jit)
 
+    train = compiled(over_rows(model.train_step), weight_spec is not None)
+    test = compiled(over_rows(model.test_step), False)
     cache[specs] = (train, test)
     return cache[specs]
 

@@ -11,8 +11,9 @@ for residual and Inception graphs) plus constant model outputs. Then
     suffix = Model(cut, outputs)       the same layer objects, so its weights ARE the full model's weights
 
 and `fit_with_prefix_cache` trains the suffix on the cached activations with the full model's compile
-configuration (through `compiled_fit.fit_arrays`, one compiled call per epoch, when it applies). Batches, shuffling (same sample count, same seed) and Dropout draws (the same layer's seed
-generator, the same number of steps) match the full model's `fit`, so the trained weights match it up to
+configuration (through `compiled_fit.fit_arrays`, one compiled call per epoch, when it applies). Batches,
+shuffling (same sample count, same seed) and Dropout draws (the same layer's seed generator, the same number
+of steps) match the full model's `fit`, so the trained weights match it up to
 float rounding; when the cut is useless or absent (nothing frozen, nothing trainable) it falls back to the
 full model's `fit` and logs why. `predict_with_prefix_cache` runs any model over the same layers (e.g. a
 feature-extraction model) from the cached activations.
