@@ -42,6 +42,12 @@ def test_dvc_repro_tiny_study(tmp_path):
     assert files == {"reports/metrics.json"}
     headline = json.loads((tiny_repo / "reports" / "metrics.json").read_text())
     assert set(headline["phantom"]) == {"mlp_auc", "svm_auc", "distinguishable", "comparisons"}
+    # the summary's answer quotes AUCs the reports hold, by the check the README is held to (test_readme_numbers)
+    from tests.test_readme_numbers import answer_block, auc_sentences, quoted_aucs_missing
+
+    quoted = auc_sentences(answer_block((tiny_repo / "reports/summary.md").read_text()))
+    assert quoted and quoted_aucs_missing(quoted, tiny_repo / "reports") == [], quoted
+    assert quoted_aucs_missing("AUC 0.001", tiny_repo / "reports") == ["0.001"]
     # two plots across configurations (whatever the grid's size), then the report's figures
     plots = json.loads(run(["dvc", "plots", "show", "--json", "--split"], tiny_repo).stdout)["data"]
     assert [name for name in plots if not name.endswith(".png")] == [

@@ -208,3 +208,31 @@ def test_too_few_groups_names_the_fold_and_the_class():
 def test_unknown_paired_test_is_refused():
     with pytest.raises(ValueError, match="unknown paired test 'wilcoxon'"):
         stats.paired_test("wilcoxon", [0, 1], [0.1, 0.2], [0.1, 0.2], ["a", "b"], [0, 0])
+
+
+def test_holm_adjusts_each_row_of_a_matrix_on_its_own():
+    rows = np.array([[0.01, 0.04, 0.03, 0.005, np.nan], [0.6, 0.9, np.nan, np.nan, np.nan]])
+    adjusted = stats.holm(rows)
+    assert adjusted[0, :4] == pytest.approx(stats.holm(rows[0])[:4]) and np.isnan(adjusted[0, 4])
+    assert adjusted[1, :2] == pytest.approx([1.0, 1.0]) and np.isnan(adjusted[1, 2:]).all()
+
+
+def test_equivalence_p_is_below_alpha_exactly_when_the_printed_interval_is_inside_the_margin():
+    from scipy.stats import t as student
+
+    difference, se, df, margin = np.array([0.0, 0.02, 0.02, -0.025]), np.array([0.01, 0.01, 0.02, 0.01]), 40, 0.05
+    half = student.ppf(0.975, df) * se
+    inside = (difference - half > -margin) & (difference + half < margin)
+    assert list(stats.equivalence_p(difference, se, df, margin) < 0.05) == list(inside) == [True, True, False, True]
+
+
+def test_vectorised_clustered_delong_equals_one_pair_at_a_time():
+    rng = np.random.default_rng(4)
+    y = np.repeat(np.arange(40) % 2, 3)
+    groups, folds = np.repeat(np.arange(40), 3).astype(str), np.repeat(np.arange(40) // 2 % 4, 3)
+    scores = y + rng.normal(size=(3, len(y)))
+    pairs = np.stack([scores[[0, 1]], scores[[2, 0]]])
+    aucs, se, p_value, df = stats.clustered_delong_tests(y, pairs, groups, folds)
+    for (a, b), p, s in zip(pairs, p_value, se):
+        one = stats.clustered_delong_test(y, a, b, groups, folds)
+        assert (one.p_value, one.se, one.df) == pytest.approx((p, s, df))

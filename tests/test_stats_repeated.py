@@ -32,21 +32,23 @@ def test_degenerate_inputs():
 
 
 def _simulated_differences(n_studies: int, effect: float, seed: int, n: int = 100, k: int = 5, repeats: int = 3,
-                           training_noise: float = 0.3) -> np.ndarray:
+                           training_noise: float = 0.3, val_fraction: float = 0.0) -> np.ndarray:
     """Per simulated study, the (repeat, fold) accuracy differences of two learners; shape (studies, R, k).
 
     A study is one dataset of n images with two features; learner A thresholds feature 1, learner B feature 2,
     at the midpoint of the training fold's class means plus a random offset drawn per training (the training
     variance: initialisation, shuffling). Feature 1 separates the classes by 1 + effect, feature 2 by 1: under
     effect = 0 the learners are equally good on average over datasets, yet any one dataset favours one of them
-    in every resample (the dependence the naive test ignores). R repeats of random k-fold splits."""
+    in every resample (the dependence the naive test ignores). R repeats of random k-fold splits; with
+    `val_fraction` a random share of each training fold is held out (as the MLP's validation split: it fits no
+    threshold)."""
     rng = np.random.default_rng(seed)
     y = rng.random((n_studies, n)) < 0.4
     separation = np.array([1.0 + effect, 1.0])
     x = rng.normal(size=(n_studies, n, 2)) + y[..., None] * separation  # (S, n, 2)
     fold_of = np.argsort(rng.random((n_studies, repeats, n)), axis=-1) % k  # random partition per repeat
     test = fold_of[:, :, None, :] == np.arange(k)[None, None, :, None]  # (S, R, k, n)
-    train = ~test
+    train = ~test & (rng.random(test.shape) >= val_fraction)  # the images the thresholds are fitted on
     yy = y[:, None, None, :]
 
     def class_mean(mask):  # (S, R, k, 2): mean of each feature over the masked training images
@@ -81,3 +83,17 @@ def test_the_corrected_test_has_power_when_one_strategy_is_better():
     most of the time (≈ 0.8 measured)."""
     differences = _simulated_differences(500, effect=1.5, seed=2)
     assert _rejection_rate(differences, lambda d: corrected_resampled_ttest(d, kfold_test_train_ratio(5))) > 0.6
+
+
+def test_with_a_validation_split_n_train_counts_only_the_fitted_images():
+    """The report's setting under leakage_free: 20 % of each training fold picks the epoch and fits nothing, so
+    n_train = (k − 1)/k · n · 0.8 (ratio 0.3125 at k = 5, not 0.25). The corrected test with that ratio holds its
+    level with the validation split in place, and its standard error is the larger one."""
+    differences = _simulated_differences(2000, effect=0.0, seed=3, val_fraction=0.2)
+    fitted, whole = kfold_test_train_ratio(5, 0.2), kfold_test_train_ratio(5)
+    assert fitted == pytest.approx(0.3125) and whole == pytest.approx(0.25)
+    rate = _rejection_rate(differences, lambda d: corrected_resampled_ttest(d, fitted))
+    assert rate <= ALPHA + 2 * np.sqrt(ALPHA * (1 - ALPHA) / 2000), rate
+    d = differences[0]
+    assert corrected_resampled_ttest(d, fitted).se / corrected_resampled_ttest(d, whole).se == pytest.approx(
+        np.sqrt((1 / 15 + 0.3125) / (1 / 15 + 0.25)))

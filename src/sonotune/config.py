@@ -180,6 +180,7 @@ class Report(Section):
     alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05
     interval: Literal["clustered", "bootstrap"] = "clustered"
     paired_test: Literal["clustered_delong", "permutation", "delong", "bootstrap"] = "clustered_delong"
+    equivalence_margin: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05  # ±ΔAUC called "equivalent" (TOST)
     log_to_mlflow: bool = True
 
 

@@ -18,7 +18,10 @@ different folds come from different models, so they are never ranked against eac
 - `cluster_permutation_test`: the clustered t recomputed after swapping two scorers' within-fold ranks for
   random halves of the groups; `_level_differences` does all replicates at once by counting.
 - `too_few_groups`: why a dataset's folds allow no calibrated test (< MIN_GROUPS_PER_CLASS groups of a class).
-- `holm`: Holm's step-down adjusted p-values (SciPy offers only Benjamini–Hochberg).
+- `holm`: Holm's step-down adjusted p-values (SciPy offers only Benjamini–Hochberg), along the last axis so a
+  simulation adjusts thousands of studies at once.
+- `equivalence_p`: equivalence within ±margin (two one-sided tests at alpha/2 each: the printed (1 − alpha)
+  interval inside ±margin), on the paired test's own standard error and degrees of freedom.
 
 Error rates and coverage of all of these under a known truth: tests/test_stats_simulation.py and
 docs/statistics.md.
@@ -47,6 +50,8 @@ class PairedTest:
     low: float  # confidence interval of the difference (NaN for DeLong's when undefined)
     high: float
     p_value: float
+    se: float = float("nan")  # standard error of the difference, the one its p-value and interval use
+    df: float = float("inf")  # degrees of freedom of its t reference (inf: normal)
 
 
 def weighted_auc(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -132,7 +137,8 @@ def paired_bootstrap_test(y, score_a, score_b, groups, folds, n_resamples: int =
     # share of replicates on each side of zero, with the +1 that keeps a p-value away from an impossible 0
     tail = min(np.sum(diffs <= 0), np.sum(diffs >= 0))
     p_value = min(1.0, 2 * (tail + 1) / (len(diffs) + 1))
-    return PairedTest(auc_a, auc_b, auc_a - auc_b, interval.low, interval.high, float(p_value))
+    se = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")
+    return PairedTest(auc_a, auc_b, auc_a - auc_b, interval.low, interval.high, float(p_value), se)
 
 
 def delong_covariance(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,21 +182,38 @@ def delong_test(y, score_a, score_b, folds=None, alpha: float = 0.05) -> PairedT
         p_value = float(2 * norm.sf(abs(difference) / sd))
     half = norm.ppf(1 - alpha / 2) * sd
     return PairedTest(float(auc_a), float(auc_b), float(difference), float(difference - half),
-                      float(difference + half), p_value)
+                      float(difference + half), p_value, float(sd))
 
 
 def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjusted p-values, in the input's order; NaNs stay NaN and are not counted."""
+    """Holm's step-down adjusted p-values, in the input's order, along the last axis (each row of a 2-D array is
+    one set of hypotheses: a simulated study); NaNs stay NaN and are not counted."""
     p = np.asarray(p_values, dtype=float)
-    adjusted = np.full(p.shape, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    order = valid[np.argsort(p[valid], kind="stable")]
-    m = len(order)
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[index]))
-        adjusted[index] = running
+    order = np.argsort(p, axis=-1, kind="stable")  # NaNs last
+    ranked = np.take_along_axis(p, order, axis=-1)
+    m = np.sum(~np.isnan(p), axis=-1, keepdims=True)
+    factor = m - np.arange(p.shape[-1])
+    stepped = np.fmax.accumulate(np.minimum(1.0, factor * ranked), axis=-1)
+    adjusted = np.empty_like(p)
+    np.put_along_axis(adjusted, order, np.where(np.isnan(ranked), np.nan, stepped), axis=-1)
     return adjusted
+
+
+def equivalence_p(difference, se, df, margin: float) -> np.ndarray:
+    """Equivalence test of |true difference| ≥ `margin` on the difference's own standard error and t reference:
+    twice the larger of Schuirmann's two one-sided p-values (capped at 1), so p < alpha exactly when the
+    two-sided (1 − alpha) interval the report prints lies inside ±margin. The plain two one-sided tests (the
+    (1 − 2·alpha) interval) claimed equivalence at a true difference of ±margin in 7–9 % of simulated
+    Mendeley-shaped studies — the clustered standard error shrinks with the observed difference — this form in
+    at most alpha (tests/test_stats_study.py, docs/statistics.md)."""
+    from scipy.stats import t as student
+
+    difference, se, df = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (difference, se, df)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        below = student.sf((difference + margin) / se, df)  # H0: difference ≤ −margin
+        above = student.cdf((difference - margin) / se, df)  # H0: difference ≥ +margin
+        tost = np.where(se > 0, np.fmax(below, above), np.where(np.abs(difference) < margin, 0.0, 1.0))
+    return np.minimum(1.0, 2 * tost)
 
 
 # ------------------------------------------------------------------ clustered (Obuchowski 1997) statistics
@@ -321,14 +344,22 @@ def t_df(clusters: int, folds: int) -> int:
     return max(clusters - 2 * folds, 1)
 
 
-def clustered_auc_ci(y, score, groups, folds, alpha: float = 0.05) -> Interval:
+def clustered_auc_ci(y, score, groups, folds, alpha: float = 0.05, repeats=None) -> Interval:
     """Fold-mean AUC and a (1 − alpha) interval from Obuchowski's clustered variance, on the logit scale (so it
-    stays inside (0, 1)) with a t reference of `t_df` degrees of freedom."""
+    stays inside (0, 1)) with a t reference of `t_df` degrees of freedom.
+
+    With `repeats` (each row's repeat of repeated CV; the same images re-split) the AUC is the mean over repeats
+    of each repeat's fold-mean AUC and the variance the mean of theirs — never below the variance of that mean
+    (the repeats' errors are correlated at most perfectly), so the interval stays conservative."""
     from scipy.stats import t as student
 
-    folds = np.asarray(folds)
-    auc, variance, clusters = clustered_fold_mean(y, score, groups, folds)
-    auc, variance = float(auc[0]), float(variance[0])
+    y, score, groups, folds = (np.asarray(v) for v in (y, score, groups, folds))
+    repeats = np.zeros(len(folds), dtype=int) if repeats is None else np.asarray(repeats)
+    per_repeat = [clustered_fold_mean(y[rows], score[rows], groups[rows], folds[rows])
+                  for rows in (repeats == r for r in np.unique(repeats))]
+    auc, variance = (float(np.mean([part[i][0] for part in per_repeat])) for i in (0, 1))
+    clusters = per_repeat[0][2]
+    folds = folds[repeats == repeats.min()]
     if np.isnan(auc) or np.isnan(variance):
         return Interval(auc, float("nan"), float("nan"))
     if variance == 0:  # every pair ranked right (or wrong) in every fold: the variance estimate says nothing
@@ -349,23 +380,35 @@ def _perfect_ranking_interval(y, groups, auc: float, alpha: float) -> Interval:
     return Interval(auc, bound, 1.0) if auc >= 0.5 else Interval(auc, 0.0, 1 - bound)
 
 
+def clustered_delong_tests(y, pairs, groups, folds) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """`clustered_delong_test` for R pairs of scorers at once (`pairs` R × 2 × N): fold-mean AUCs (R × 2), the
+    standard error of each difference (R), its two-sided p-value (R) and the t reference's degrees of freedom."""
+    from scipy.stats import t as student
+
+    folds = np.asarray(folds)
+    aucs, variance, clusters = _difference_over_folds(y, np.asarray(pairs, dtype=float), groups, folds)
+    difference, se = aucs[:, 0] - aucs[:, 1], np.sqrt(variance)
+    df = t_df(clusters, len(np.unique(folds)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_value = np.where(se > 0, 2 * student.sf(np.abs(difference) / se, df),
+                           np.where(difference == 0, 1.0, 0.0))
+    return aucs, se, np.where(np.isnan(se), np.nan, p_value), df
+
+
 def clustered_delong_test(y, score_a, score_b, groups, folds, alpha: float = 0.05) -> PairedTest:
     """Fold-mean AUC difference a − b with Obuchowski's clustered variance (DeLong generalised to clusters),
     combined over folds, referred to a t distribution with `t_df` degrees of freedom."""
     from scipy.stats import t as student
 
-    folds = np.asarray(folds)
     scores = np.vstack([np.asarray(score_a, dtype=float), np.asarray(score_b, dtype=float)])
-    aucs, variance, clusters = _difference_over_folds(y, scores[None], groups, folds)
-    auc_a, auc_b = aucs[0]
-    difference, sd = auc_a - auc_b, float(np.sqrt(variance[0]))
-    df = t_df(clusters, len(np.unique(folds)))
+    aucs, se, p_value, df = clustered_delong_tests(y, scores[None], groups, folds)
+    (auc_a, auc_b), sd = aucs[0], float(se[0])
+    difference = auc_a - auc_b
     if np.isnan(sd):
         return PairedTest(float(auc_a), float(auc_b), float(difference), *(float("nan"),) * 3)
-    p_value = (1.0 if difference == 0 else 0.0) if sd == 0 else float(2 * student.sf(abs(difference) / sd, df))
     half = student.ppf(1 - alpha / 2, df) * sd
     return PairedTest(float(auc_a), float(auc_b), float(difference), float(difference - half),
-                      float(difference + half), p_value)
+                      float(difference + half), float(p_value[0]), sd, float(df))
 
 
 def _difference_over_folds(y, scores, groups, folds):
@@ -493,9 +536,10 @@ def cluster_permutation_test(y, score_a, score_b, groups, folds, n_permutations:
     with np.errstate(invalid="ignore", divide="ignore"):
         t = np.where(variance > 0, difference / np.sqrt(variance), np.where(difference == 0, 0.0, np.inf))
     exceed = np.sum(np.abs(t[1:]) >= abs(t[0]) * (1 - 1e-9))
-    half = student.ppf(1 - alpha / 2, t_df(cluster.max() + 1, fold.max() + 1)) * sd
+    df = t_df(cluster.max() + 1, fold.max() + 1)
+    half = student.ppf(1 - alpha / 2, df) * sd
     return PairedTest(float(auc_a), float(auc_b), observed, observed - half, observed + half,
-                      float((1 + exceed) / (1 + n_permutations)))
+                      float((1 + exceed) / (1 + n_permutations)), sd, float(df))
 
 
 # ------------------------------------------------------------------ what the report calls

@@ -17,9 +17,11 @@ simulation that it holds its level under a null with training variance, where th
 How the report uses it (`stages/report/statistics.py`, for every dataset trained with `cv.repeats` R > 1): for
 two configurations A and B it computes each one's AUC on every (repeat, fold) from the out-of-fold scores and
 calls `corrected_resampled_ttest(auc_A − auc_B, kfold_test_train_ratio(k))` with the differences as an (R, k)
-array. Under `protocol: leakage_free` n_train is the whole outer training fold (fit + validation images), so the
-k-fold ratio applies as is. Holm's correction
-(`stats.holm`) applies to its p-values like to any other.
+array. n_train counts only the images the weights are fitted on: under `protocol: leakage_free` the MLP's
+validation split (`cv.val_fraction`, which only picks the epoch) is left out, n_train = (k − 1)/k · N · (1 − v),
+and the same ratio serves every comparison (the SVM's features come from that network; for two SVMs on
+pretrained features it is the conservative side). The simulation with a validation split is in
+tests/test_stats_repeated.py. Holm's correction (`stats.holm`) applies to its p-values like to any other.
 """
 
 from __future__ import annotations
@@ -42,11 +44,14 @@ class ResampledTest:
     n: int  # number of differences (k·R)
 
 
-def kfold_test_train_ratio(n_splits: int) -> float:
-    """n_test / n_train of k-fold cross-validation: one fold tested, k − 1 trained on."""
+def kfold_test_train_ratio(n_splits: int, val_fraction: float = 0.0) -> float:
+    """n_test / n_train of k-fold cross-validation: one fold tested, k − 1 trained on — of which the weights are
+    fitted on all but `val_fraction` (the share held out to pick the epoch, which fits no weight)."""
     if n_splits < 2:
         raise ValueError(f"n_splits must be at least 2 (got {n_splits})")
-    return 1.0 / (n_splits - 1)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1) (got {val_fraction})")
+    return 1.0 / ((n_splits - 1) * (1 - val_fraction))
 
 
 def _t_test(differences, variance_factor, alpha: float) -> ResampledTest:

@@ -73,7 +73,7 @@ def test_tables_match_the_per_fold_metrics(workdir):
     assert text.startswith(summary) and "MLflow: not updated" in text[len(summary):]
     assert "MLflow" not in summary and str(workdir) not in summary
     assert len(text.splitlines()) <= 40
-    assert "Best: phantom / " in text and "- phantom / vgg16: " in text and "- phantom / resnet50: " in text
+    assert "Best: phantom / " in text and "- phantom / vgg16 — which strategy: " in text and "- phantom / resnet50 — which strategy: " in text
 
 
 @pytest.mark.parametrize("test, interval", [("permutation", "clustered"), ("clustered_delong", "clustered"),

@@ -32,7 +32,7 @@ def test_default_test_and_interval_are_named_in_the_summary(workdir):
     params = report_params(backbones=("vgg16",), strategies=(0, 15))
     fake_study(params)
     text = run_report(params)
-    assert "clustered DeLong p " in text
+    assert "Every comparison by kind (clustered DeLong; Holm over all 4 comparisons of this report)" in text
     assert "clustered (Obuchowski) variance, logit scale, t reference" in text
 
 
@@ -59,9 +59,16 @@ def test_repeated_cv_compares_with_the_corrected_resampled_t_test(workdir):
     frame = load_study(params).by_repeat["phantom"]
     differences = np.array([fold_aucs(part, "vgg16/0/mlp") - fold_aucs(part, "vgg16/50/mlp")
                             for _, part in frame.groupby("repeat")])
-    expected = stats_repeated.corrected_resampled_ttest(differences, stats_repeated.kfold_test_train_ratio(3))
+    ratio = stats_repeated.kfold_test_train_ratio(3, params.cv.val_fraction)  # n_train: fitted images only
+    assert ratio == pytest.approx(1 / (2 * (1 - params.cv.val_fraction)))
+    expected = stats_repeated.corrected_resampled_ttest(differences, ratio)
     row = tests[(tests["family"] == "strategy:vgg16:mlp")].iloc[0]
     assert row["p_value"] == pytest.approx(expected.p_value, rel=1e-3)  # the CSV rounds
     assert row["difference"] == pytest.approx(expected.mean, abs=1e-4)
     assert differences.shape == (3, 3) and row["distinguishable"]  # a large, consistent difference
     assert "3-fold CV × 3 repeats" in text and "also cover training variance" in text
+    # one statistic everywhere: Table 3 prints the mean over repeats, the same AUC the comparison quotes
+    table = pd.read_csv(workdir / "reports/table3.csv")
+    repeat_means = [fold_aucs(part, "vgg16/0/mlp").mean() for _, part in frame.groupby("repeat")]
+    assert table.loc[table["strategy"] == 0, "mlp_auc"].iloc[0] == pytest.approx(np.mean(repeat_means), abs=1e-4)
+    assert row["auc_a"] == pytest.approx(np.mean(repeat_means), abs=1e-4)

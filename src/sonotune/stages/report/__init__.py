@@ -8,8 +8,9 @@ stages wrote, and writes under `reports/`:
   (strategies × backbones) beside the paper's values (`paper_table3.csv`); `table4.csv`/`.md`: accuracy,
   precision, sensitivity, specificity, balanced accuracy, MCC MLP/SVM, folds called all one class, and the
   chosen C at `report.table4_strategy` — the paper's Table 4 and what it leaves out;
-- `comparisons.csv`: every paired comparison (strategy A vs B per backbone and classifier; MLP vs SVM per
-  configuration) with its p-value and Holm-adjusted p-value;
+- `comparisons.csv`: every paired comparison (strategy A vs B per backbone and classifier, backbone A vs B per
+  classifier and strategy, MLP vs SVM per configuration) with its p-value, its Holm-adjusted p-value over every
+  comparison of the report, its equivalence test and its verdict (different / equivalent / inconclusive);
 - `figures/`: `auc_by_strategy_<dataset>.png` (AUC against strategy per backbone, MLP and SVM, interval bands:
   the paper's question in one picture; also logged onto the dataset's parent MLflow runs),
   `auc_heatmap_<dataset>.png`, and for the two best backbones of each dataset `roc_<dataset>.png` (MLP vs SVM)
@@ -22,9 +23,10 @@ Intervals and tests come from `sonotune.stats` (docs/statistics.md). The interva
 tag, are also logged onto the parent MLflow runs the stages created (found by their tags; the report never
 creates a run).
 
-One module per job: `load` (read the stages' outputs), `statistics` (intervals, paired tests), `tables`
-(Tables 3 and 4), `findings` (the verdicts in words, the summary), `figures`, `mlflow_runs` (the parent runs)
-and `write` (the files under `reports/`); `run_report` below only strings them together.
+One module per job: `load` (read the stages' outputs), `statistics` (intervals, paired tests, verdicts), `tables`
+(Tables 3 and 4), `findings` (the summary, answer first), `wording` (every sentence of it), `figures`,
+`mlflow_runs` (the parent runs) and `write` (the files under `reports/`); `run_report` below only strings them
+together.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def run_report(params: Params) -> str:
     study = dataclasses.replace(study, results=results)
     tests = comparisons(study, params)
     table = table3(results, params.protocol)
-    best = best_per_backbone(results, tests)
+    best = best_per_backbone(results)
     t4_strategy = table4_strategy(params)
     t4 = table4(study, t4_strategy)
 

@@ -91,8 +91,9 @@ def auc_tree(results: pd.DataFrame) -> dict:
 
 def headline_metrics(results: pd.DataFrame, tests: pd.DataFrame) -> dict:
     """Per dataset: the best configuration's fold-mean AUC with each classifier (`mlp_auc`, `svm_auc`) and how
-    many paired comparisons are distinguishable after Holm (`distinguishable`, of `comparisons`): the columns
-    `dvc exp show` and `dvc exp diff` compare experiments on."""
+    many paired comparisons are *different* (`distinguishable`: Holm over every comparison of the report, the
+    `tests` frame's column — the same claim as the summary's) of its `comparisons`: the columns `dvc exp show`
+    and `dvc exp diff` compare experiments on."""
     headline = {}
     for dataset, group in results.groupby("dataset", sort=False):
         paired = tests[tests["dataset"] == dataset]
