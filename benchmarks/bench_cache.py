@@ -34,6 +34,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from sonotune.cli import _quiet_tensorflow  # noqa: E402
+
+_quiet_tensorflow()  # as every sonotune command: no native-library banner, no tf.function retracing advice
+
 import keras  # noqa: E402
 
 from sonotune.config import Finetune  # noqa: E402

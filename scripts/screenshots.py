@@ -7,8 +7,11 @@ From the store (`--store`, default `mlruns/mlflow.db`, the demo's) it picks the 
 `mlflow server` on 127.0.0.1 (a free port, read-only use), and with Playwright driving Chromium takes
 - `docs/mlflow_compare.png`: the compare view of those parent runs, as MLflow opens it (default axes: nothing is
   clicked, so the picture shows what a newcomer sees);
-- `docs/mlflow_runs_filter.png`: the experiment's runs table filtered to `tags.fold = 'all'`, with the columns
-  the README names ticked in its Columns menu (`TABLE_COLUMNS`; MLflow 3 shows no metric by default);
+- `docs/mlflow_runs_filter.png`: the experiment's runs table as the report's link opens it
+  (`tracking.runs_table_url`: the saved view of the parent runs, configuration and AUC columns, best first; the
+  script waits for the `auc_mean` column, so a view MLflow did not apply fails here);
+- `docs/study_page.png`: the report's study page `reports/index.html`, opened from the file with every network
+  request blocked (skipped with a note when the report wrote none);
 - `docs/auc_by_strategy.png` (the README's figure): the report's cross-strategy figure (`reports/figures/*strateg*.png`), copied as it
   is, or skipped with a note when the report wrote none.
 
@@ -40,10 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PARENTS = "tags.fold = 'all'"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium-headless-shell", "/usr/bin/chromium")
 VIEWPORT = {"width": 1700, "height": 1000}
-# the runs table's columns: MLflow 3 shows no metric or param by default; the README names these
-TABLE_COLUMNS = ("config.backbone", "config.strategy", "config.classifier", "auc_mean_3dp", "auc_ci_low",
-                 "auc_ci_high")
-HIDDEN_COLUMNS = ("Source", "Models")  # shown by default, empty or the same on every parent run
 
 
 @dataclass(frozen=True)
@@ -83,8 +82,10 @@ def compare_url(base: str, study: Study) -> str:
 
 
 def runs_url(base: str, study: Study) -> str:
-    """The experiment's runs table, filtered to the parent runs."""
-    return f"{base}/#/experiments/{study.experiment_id}/runs?searchFilter={urllib.parse.quote(PARENTS)}"
+    """The experiment's runs table on the saved view of its parent runs (the link the report prints)."""
+    from sonotune.tracking import runs_table_url
+
+    return runs_table_url(base, study.experiment_id)
 
 
 def find_chromium(explicit: str | None = None) -> str | None:
@@ -154,19 +155,6 @@ def _close_side_panels(page) -> None:
             return
 
 
-def _choose_columns(page, show: tuple[str, ...], hide: tuple[str, ...]) -> None:
-    """Tick `show` and untick `hide` in the runs table's Columns menu (each name clicked once: a toggle)."""
-    page.get_by_role("button", name="Columns", exact=True).click()
-    search = page.get_by_placeholder("Search columns")
-    for name in (*show, *hide):
-        search.fill(name)
-        page.wait_for_timeout(500)
-        item = page.locator("[role=dialog]").get_by_text(name, exact=True)
-        if item.count():  # a column the runs lack (e.g. no report yet: no auc_ci_low) is left out
-            item.first.click()
-    page.keyboard.press("Escape")
-
-
 def take_screenshots(base: str, study: Study, out: Path, chromium: str | None, wait_ms: int = 4000) -> list[Path]:
     """The compare view (default axes) and the filtered runs table, as PNGs under `out`."""
     from playwright.sync_api import sync_playwright
@@ -187,8 +175,8 @@ def take_screenshots(base: str, study: Study, out: Path, chromium: str | None, w
 
             page.goto(runs_url(base, study))
             page.get_by_text(study.configurations[0][0]).first.wait_for(timeout=120_000)
+            page.get_by_text("auc_mean", exact=True).first.wait_for(timeout=60_000)  # the saved view's column
             _close_side_panels(page)
-            _choose_columns(page, TABLE_COLUMNS, HIDDEN_COLUMNS)
             page.mouse.move(VIEWPORT["width"] // 2, VIEWPORT["height"] - 50)  # no tooltip over the table
             page.wait_for_timeout(wait_ms)
             path = out / "mlflow_runs_filter.png"
@@ -197,6 +185,24 @@ def take_screenshots(base: str, study: Study, out: Path, chromium: str | None, w
         finally:
             browser.close()
     return written
+
+
+def study_page_screenshot(page_file: Path, out: Path, chromium: str | None) -> Path:
+    """The study page as a browser without network shows it (every request but the file itself aborted)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                       else route.abort())
+            page.goto(page_file.resolve().as_uri())
+            path = out / "study_page.png"
+            page.screenshot(path=str(path))
+        finally:
+            browser.close()
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     with mlflow_server(args.store, args.out / ".mlflow_server.log") as base:
         written = take_screenshots(base, study, args.out, find_chromium(args.chromium))
     (args.out / ".mlflow_server.log").unlink(missing_ok=True)
+    if (args.reports / "index.html").is_file():
+        written.append(study_page_screenshot(args.reports / "index.html", args.out, find_chromium(args.chromium)))
+    else:
+        print(f"note: no study page {args.reports / 'index.html'} (the report writes it); skipped")
     figure = cross_strategy_figure(args.reports)
     if figure is None:
         print(f"note: no cross-strategy figure under {args.reports / 'figures'} (the report writes it); skipped")

@@ -42,8 +42,19 @@ def test_option_defaults_are_the_params_defaults():
         default(PhantomSource, "n_benign"), default(PhantomSource, "n_malignant"),
         default(PhantomSource, "image_size"), default(Params, "seed"))
     inspect = parser.parse_args(["inspect", "somewhere"])
-    assert (inspect.folds, inspect.near_distance) == (default(CV, "n_splits"),
-                                                      default(Prepare, "near_duplicate_distance"))
+    assert (inspect.folds, inspect.near_distance) == (default(CV, "n_splits"), None)  # None: the kind's own
+
+
+def test_inspect_uses_the_near_duplicate_threshold_the_study_sets_for_the_kind():
+    """configs/paper.yaml's BUSI and DDTI entries set their own thresholds; inspect --kind uses the same."""
+    from sonotune.data.inspection import default_near_distance
+
+    entries = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())["datasets"]
+    for entry in entries.values():
+        if isinstance(entry, dict) and "near_duplicate_distance" in entry:
+            assert default_near_distance(entry["kind"]) == entry["near_duplicate_distance"], entry["kind"]
+    assert {default_near_distance("busi"), default_near_distance("ddti")} == {8, 4}
+    assert default_near_distance("folder") == default(Prepare, "near_duplicate_distance")
 
 
 def test_a_user_error_is_one_line_and_exit_2(tmp_path, capsys):

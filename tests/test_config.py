@@ -111,5 +111,8 @@ def test_write_merged_keeps_comments_and_validates_first(tmp_path):
 def test_cli_defaults_come_from_the_params_schema():
     from sonotune.cli import build_parser
 
+    from sonotune.data.inspection import default_near_distance
+
     inspect = build_parser().parse_args(["inspect", "somewhere"])
-    assert inspect.near_distance == default(Prepare, "near_duplicate_distance")
+    assert inspect.near_distance is None  # the kind's threshold, prepare's for a kind without its own
+    assert default_near_distance("folder") == default(Prepare, "near_duplicate_distance")

@@ -91,11 +91,13 @@ def test_layer_for_falls_back_to_the_last_convolution_for_unregistered_backbones
     keras.backend.clear_session()
 
 
-def test_finetune_stage_logs_overlays_for_the_first_test_images_of_each_fold(tmp_path):
+def test_finetune_stage_logs_only_informative_overlays_of_the_first_test_images(tmp_path):
+    """At 64 px VGG16's last block is 4×4: each fold logs the overlays of its first test images whose map shows
+    something, and tags the run with how many it left out."""
     from mlflow.tracking import MlflowClient
 
     params = tiny_params(**{"cv.n_splits": 2, "finetune.epochs": 1, "study.strategies": [0],
-                            "gradcam.study_images": 2})
+                            "gradcam.study_images": 2, "finetune.input_size": 64})
     repo = copy_repo(tmp_path / "repo", params)
     run(["sonotune", "prepare", "--dataset", "phantom"], repo)
     run(["sonotune", "finetune", "--dataset", "phantom", "--backbone", "vgg16", "--strategy", "0"], repo)
@@ -105,7 +107,44 @@ def test_finetune_stage_logs_overlays_for_the_first_test_images_of_each_fold(tmp
     assert len(folds) == 2
     for fold in folds:
         overlays = [a.path for a in client.list_artifacts(fold.info.run_id, "gradcam")]
-        assert len(overlays) == 2 and all(p.endswith(".png") for p in overlays), overlays
+        assert all(p.endswith(".png") for p in overlays), overlays
+        left_out = int(fold.data.tags["gradcam"].split()[0]) if "gradcam" in fold.data.tags else 0
+        assert len(overlays) + left_out == 2, (overlays, fold.data.tags.get("gradcam"))
+
+
+def test_a_map_too_coarse_to_locate_anything_is_skipped_with_one_reason(tmp_path, monkeypatch, capsys):
+    """At 32 px VGG16's last block is 2×2 and ResNet50's 1×1: nothing is logged, the run is tagged with the reason,
+    printed once for all folds."""
+    import mlflow
+
+    from sonotune.gradcam import too_small
+    from sonotune.stages.finetune import log_study_overlays, say_once
+
+    vgg = build_classifier(create_backbone("vgg16", 32, None), HeadConfig(dense_units=8))
+    reason = too_small(vgg, "block5_conv3")
+    assert reason == ("Grad-CAM skipped: layer block5_conv3 is 2×2 at 32 px input (a map that locates anything "
+                      "needs 3×3 or more: finetune.input_size ≥ about 48)")
+    assert too_small(build_classifier(create_backbone("vgg16", 48, None), HeadConfig(dense_units=8)),
+                     "block5_conv3") is None
+    resnet = build_classifier(create_backbone("resnet50", 32, None), HeadConfig(dense_units=8))
+    assert "is 1×1 at 32 px" in too_small(resnet, "conv5_block3_out") and "about 96" in too_small(
+        resnet, "conv5_block3_out")
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    say_once.cache_clear()
+    x = np.zeros((3, 32, 32, 3), np.float32)
+    images = np.zeros((3, 32, 32), np.uint8)
+    try:
+        for _ in range(2):  # two folds
+            with mlflow.start_run() as fold_run:
+                log_study_overlays(vgg, "vgg16", x, images, np.arange(2), np.array([0, 1, 0]))
+            client = mlflow.MlflowClient()
+            assert client.list_artifacts(fold_run.info.run_id) == []
+            assert client.get_run(fold_run.info.run_id).data.tags["gradcam"] == reason
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert capsys.readouterr().out.count("Grad-CAM skipped") == 1
+    keras.backend.clear_session()
 
 
 def test_an_empty_or_flat_map_is_said_and_a_figure_shows_the_image_beside_it(tmp_path):

@@ -62,7 +62,7 @@ def test_urls_open_the_compare_page_and_the_filtered_runs_table(study_store):
     assert compare.startswith("http://h/#/compare-runs?runs=")
     assert json.loads(compare.split("runs=")[1].split("&")[0]) == study.run_ids
     runs = urllib.parse.unquote(script.runs_url("http://h", study))
-    assert runs == f"http://h/#/experiments/{study.experiment_id}/runs?searchFilter=tags.fold = 'all'"
+    assert runs == f"http://h/#/experiments/{study.experiment_id}/runs?viewStateShareKey=parent-runs"
 
 
 def test_a_missing_store_or_experiment_is_one_line(tmp_path):

@@ -55,7 +55,7 @@ def test_parent_run_is_tagged_and_resumed_by_id(store):
                 "dataset_n_malignant": "4", "dataset_source": "phantom"}
     assert parent.data.tags.items() >= expected.items()
     assert parent.data.params == {"a": "1", "config.backbone": "vgg16", "config.classifier": "mlp",
-                                  "config.strategy": "15"}
+                                  "config.strategy": " 15 %"}
     assert parent.info.run_name == "vgg16-15-mlp@exp-1"  # the DVC experiment's name
     assert client.get_run(child_id).info.run_name == "vgg16-15-mlp@exp-1-fold0"
     assert child_tags["fold"] == "0" and child_tags["mlflow.parentRunId"] == first
@@ -126,7 +126,7 @@ def test_experiment_description_says_how_to_filter_and_keeps_a_users_edit(store)
     client = MlflowClient(tracking.configure())
     experiment_id = tracking.ensure_experiment("toy")
     note = client.get_experiment(experiment_id).tags[tracking.NOTE_TAG]
-    assert "tags.fold = 'all'" in note and tracking.HEADLINE in note
+    assert "tags.fold = 'all'" in note and tracking.HEADLINE in note and tracking.PARENT_VIEW in note
     client.set_experiment_tag(experiment_id, tracking.NOTE_TAG, "our own notes")
     tracking.ensure_experiment("toy")
     assert client.get_experiment(experiment_id).tags[tracking.NOTE_TAG] == "our own notes"
@@ -141,8 +141,36 @@ def test_configuration_params_sort_first_and_the_headline_is_logged_first(store)
         tracking.log_summary({"accuracy_mean": 0.5, "auc_mean": 0.61234, "auc_sd": 0.1})
     assert sorted(MlflowClient().get_run(run.info.run_id).data.params)[:3] == list(tracking.CONFIG_PARAMS)
     metrics = MlflowClient().get_run(run.info.run_id).data.metrics
-    assert list(metrics)[0] == tracking.HEADLINE and metrics[tracking.HEADLINE] == 0.612
-    assert metrics["auc_mean"] == 0.61234  # the full value stays
+    assert list(metrics)[0] == tracking.HEADLINE
+    assert metrics["auc_mean"] == 0.61234  # the full value, under one name
+    assert not [name for name in metrics if name.startswith("auc_mean_")]
+
+
+def test_strategy_labels_are_categories_in_numeric_order():
+    """The compare view draws a param whose values are not numbers (JS `Number(v)` is NaN) as a category axis with
+    its values in text order."""
+    labels = [tracking.strategy_label(s) for s in (0, 15, 25, 50, 75, 85, 100)]
+    assert sorted(labels) == labels
+    for label in labels:
+        with pytest.raises(ValueError):
+            float(label)
+
+
+def test_experiments_open_as_model_training_with_a_saved_parent_runs_view(store):
+    """MLflow 3's UI opens an experiment without `mlflow.experimentKind` on GenAI traces; the runs table loads the
+    view saved in `mlflow.sharedViewState.<key>` from `?viewStateShareKey=<key>`."""
+    import json
+
+    client = MlflowClient(tracking.configure())
+    experiment_id = tracking.ensure_experiment("toy")
+    tags = client.get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(tags[f"mlflow.sharedViewState.{tracking.PARENT_VIEW}"])
+    assert view["searchFilter"] == "tags.fold = 'all'" and view["orderByKey"] == "metrics.`auc_mean`"
+    assert view["selectedColumns"][:3] == [f"params.`{name}`" for name in tracking.CONFIG_PARAMS]
+    assert "metrics.`auc_ci_low`" in view["selectedColumns"]
+    url = tracking.runs_table_url("http://127.0.0.1:5000/", experiment_id)
+    assert url == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?viewStateShareKey=parent-runs"
 
 
 def test_dataset_input_fills_the_datasets_column(store):

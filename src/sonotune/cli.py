@@ -409,8 +409,10 @@ def add_inspect_parser(sub) -> None:
     inspect.add_argument("--strict", action="store_true", help="stop at the first bad image instead of excluding it")
     inspect.add_argument("--folds", type=int, default=default(CV, "n_splits"),
                          help="check each class has a group per fold (0: skip)")
-    inspect.add_argument("--near-distance", type=int, default=default(Prepare, "near_duplicate_distance"),
-                         help="perceptual-hash Hamming distance of near duplicates (-1: exact duplicates only)")
+    inspect.add_argument("--near-distance", type=int, default=None,
+                         help="perceptual-hash Hamming distance of near duplicates (-1: exact duplicates only; "
+                              f"default: the kind's as the study sets it, busi 8 and ddti 4, else "
+                              f"{default(Prepare, 'near_duplicate_distance')})")
     inspect.add_argument("--closest", type=int, default=10, metavar="N",
                          help="audit: list the N closest pairs of images left in different groups (0: none)")
     inspect.add_argument("--keep-normal", action="store_true", help="BUSI: count normal images as benign")

@@ -12,11 +12,14 @@ the image's own size, is the heat map. Targets:
 Gradients use `tf.GradientTape`: Keras 3 has no backend-neutral gradient API, and TensorFlow is the supported
 backend of this project (on JAX or PyTorch this module raises a clear error). Used by `sonotune predict
 --gradcam DIR` and by the finetune stage (`save_figure`: each of `gradcam.study_images` test images per fold
-beside its overlay, upscaled for reading, an empty or flat map said as such in the title).
+beside its overlay, upscaled for reading). The stage logs a figure only where it means something: not at all when
+the layer's map is under `MIN_MAP_SIDE` on a side (`too_small`: e.g. VGG16's last block is 2×2 at 32 px, ResNet50's
+1×1), and not for a map that is empty or flat (`map_verdict`).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +30,7 @@ from sonotune.errors import ConfigError
 
 EPS = 1e-7
 FLAT = 0.05  # a map whose values span less than this (of its [0, 1] range) shows no location standing out
+MIN_MAP_SIDE = 3  # a 1×1 map is one weight (all or nothing), a 2×2 one four quadrants: neither locates a lesion
 FIGURE_PANEL_INCHES = 3.2  # each panel of `save_figure`, at 100 dpi: a 64 px image is shown at 320 px
 
 
@@ -43,6 +47,24 @@ def layer_for(backbone: str, classifier) -> str:
     if not spatial:
         raise ConfigError(f"{backbone}: no convolutional layer to compute Grad-CAM on")
     return spatial[-1]
+
+
+def map_shape(classifier, layer: str) -> tuple[int, int]:
+    """Height and width of `layer`'s feature maps: the Grad-CAM map's resolution."""
+    shape = classifier.get_layer(layer).output.shape
+    return int(shape[1]), int(shape[2])
+
+
+def too_small(classifier, layer: str) -> str | None:
+    """Why Grad-CAM on `layer` cannot locate anything (its map is under `MIN_MAP_SIDE` on a side), as one line
+    naming the input size it would need; None when the map is large enough."""
+    height, width = map_shape(classifier, layer)
+    if min(height, width) >= MIN_MAP_SIDE:
+        return None
+    size = int(classifier.inputs[0].shape[1])
+    needed = math.ceil(size * MIN_MAP_SIDE / max(min(height, width), 1))
+    return (f"Grad-CAM skipped: layer {layer} is {height}×{width} at {size} px input (a map that locates anything "
+            f"needs {MIN_MAP_SIDE}×{MIN_MAP_SIDE} or more: finetune.input_size ≥ about {needed})")
 
 
 def mlp_target(outputs: dict):

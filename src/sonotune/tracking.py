@@ -7,15 +7,19 @@ classifier) carrying mean ± sd metrics; a nested child run per fold. Every run 
 `dataset_n_images` and the other `dataset_*` counts of data.prepared.dataset_info when the dataset is prepared, and
 `sonotune.fingerprint`, the configuration's hash).
 
-What MLflow's UI shows by default (checked in MLflow 3.17's compare page, `ParallelCoordinatesPlotPanel`): the
-parallel-coordinates plot opens on the first three *differing* params in sorted order and on the first metric the
-first run logged. So every parent run logs its configuration as `config.backbone`, `config.classifier` and
-`config.strategy` (`CONFIG_PARAMS`: "config." sorts before every other param we log: cv.*, dataset, finetune.*,
-protocol, seed, svm.*), and `log_summary` logs the headline `auc_mean_3dp` (the mean AUC over folds rounded to 3
-decimals for the eye; `auc_mean` keeps it in full) before any other metric. Run names are unique per experiment
-(`unique_run_name`: the DVC experiment's name when there is one, else a counter); the experiment's description
-(`mlflow.note.content`) says how to filter and compare; the prepared dataset is an MLflow dataset input
-(`log_dataset`); a logged model is named and tagged like its run (`model_name`, `model_tags`).
+What MLflow's UI shows (checked in MLflow 3.17's UI sources): an experiment without the tag `mlflow.experimentKind`
+opens as a GenAI experiment (traces page, assistant panel), so `ensure_experiment` tags each one
+`custom_model_development` (`EXPERIMENT_KIND`). The runs table keeps its state in the URL: `?viewStateShareKey=K`
+loads the state saved in the experiment tag `mlflow.sharedViewState.K` (what its *Share* button writes), so each
+experiment carries `PARENT_VIEW` (`parent_runs_view`: the parent runs, the configuration and AUC columns, best first)
+and `runs_table_url` is the link that opens it. The compare page's parallel-coordinates plot opens on the first three
+*differing* params in sorted order: every parent run logs its configuration as `config.backbone`, `config.classifier`
+and `config.strategy` (`CONFIG_PARAMS`: "config." sorts before every other param we log), the strategy as text
+(`strategy_label`, " 15 %") so the plot draws it as a category, not a number axis. One metric name per meaning:
+`auc_mean` is the mean AUC over folds, logged first (`log_summary`: the compare view's first metric). Run names are
+unique per experiment (`unique_run_name`: the DVC experiment's name when there is one, else a counter); the
+experiment's description (`mlflow.note.content`) says how to filter and compare; the prepared dataset is an MLflow
+dataset input (`log_dataset`); a logged model is named and tagged like its run (`model_name`, `model_tags`).
 
 Crash recovery: a stage that resumes passes the old parent's id to `parent_run` (MLflow resumes it);
 `discard_unfinished_folds` marks the interrupted fold runs FAILED and deletes them (soft delete, still in the
@@ -50,8 +54,13 @@ from sonotune.errors import SonotuneError, mask_credentials, require_writable
 LOCAL_STORE = Path("mlruns")
 FINGERPRINT_TAG = "sonotune.fingerprint"
 CONFIG_PARAMS = ("config.backbone", "config.classifier", "config.strategy")
-HEADLINE = "auc_mean_3dp"
+HEADLINE = "auc_mean"
 NOTE_TAG = "mlflow.note.content"
+KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # else the UI opens on GenAI traces
+PARENT_VIEW = "parent-runs"  # the key of the runs table's saved view (`parent_runs_view`)
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's UI reads a saved view from the experiment tag PREFIX + key
+PARENTS_FILTER = "tags.fold = 'all'"
+TABLE_METRICS = (HEADLINE, "auc_sd", "auc_ci_low", "auc_ci_high")  # the runs table's AUC columns
 RECORD_FILE = "mlflow.json"  # in runs/D/B/S/mlp/: the finetune parent's configuration params and tags
 # tags of a run that say which configuration and fold it is (copied onto the models it logs)
 CONFIGURATION_TAGS = ("dataset", "backbone", "strategy", "classifier", "fold", "repeat", "protocol", "dvc_exp")
@@ -106,15 +115,36 @@ def experiment_description(dataset: str) -> str:
     return (
         f"**sonotune study on `{dataset}`.** One parent run per configuration (backbone × fine-tuning strategy × "
         f"classifier), one nested run per fold.\n\n"
-        f"Compare configurations: filter the runs with `tags.fold = 'all'` (add `and tags.classifier = 'svm'` or "
-        f"`and tags.dvc_exp = '<experiment>'` to narrow), select them and press *Compare*. Its parallel-coordinates "
-        f"plot opens on {', '.join(CONFIG_PARAMS)} and `{HEADLINE}` (the mean ROC AUC over folds, 3 decimals; "
-        f"`auc_mean` holds it in full). The report stage adds the 95 % interval `auc_ci_low`/`auc_ci_high`.")
+        f"Compare configurations: open the runs table with `?viewStateShareKey={PARENT_VIEW}` after `/runs` in "
+        f"the address (the parent runs, filtered by `{PARENTS_FILTER}`, with the configuration and AUC columns, best "
+        f"first; add `and tags.classifier = 'svm'` or `and tags.dvc_exp = '<experiment>'` to narrow), select them "
+        f"and press *Compare*. Its parallel-coordinates plot opens on {', '.join(CONFIG_PARAMS)} and `{HEADLINE}` "
+        f"(the mean ROC AUC over folds). The report stage adds the 95 % interval `auc_ci_low`/`auc_ci_high`.")
+
+
+def parent_runs_view() -> dict:
+    """The runs table as MLflow's UI restores it from a saved view (its search facets and UI state): the parent
+    runs, best `HEADLINE` first, with the configuration params and the AUC metrics as columns."""
+    columns = [f"params.`{name}`" for name in CONFIG_PARAMS] + [f"metrics.`{name}`" for name in TABLE_METRICS]
+    return {"searchFilter": PARENTS_FILTER, "orderByKey": f"metrics.`{HEADLINE}`", "orderByAsc": False,
+            "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL"}
+
+
+def runs_table_url(base: str, experiment_id: str) -> str:
+    """The link that opens the experiment's runs table on `parent_runs_view` (`base`: the UI's address)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={PARENT_VIEW}"
+
+
+def experiment_tags(dataset: str) -> dict[str, str]:
+    """The tags every sonotune experiment carries: its kind, its description and the parent runs' saved view."""
+    return {KIND_TAG: EXPERIMENT_KIND, NOTE_TAG: experiment_description(dataset),
+            VIEW_TAG_PREFIX + PARENT_VIEW: json.dumps(parent_runs_view())}
 
 
 def ensure_experiment(dataset: str) -> str:
-    """Id of the dataset's experiment, created (artifacts under mlruns/artifacts when local) if needed, with its
-    description (`experiment_description`) unless it already has one (a teammate's edit is kept)."""
+    """Id of the dataset's experiment, created (artifacts under mlruns/artifacts when local) if needed, with the
+    tags of `experiment_tags` it lacks or holds other values of (the description only when missing: a teammate's
+    edit is kept)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -129,8 +159,10 @@ def ensure_experiment(dataset: str) -> str:
                 raise
             # another worker (a DVC queue job, a teammate) created it between our look-up and our create
         experiment = mlflow.get_experiment_by_name(name)
-    if NOTE_TAG not in experiment.tags:
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, NOTE_TAG, experiment_description(dataset))
+    client = mlflow.MlflowClient()
+    for key, value in experiment_tags(dataset).items():
+        if experiment.tags.get(key) != value and not (key == NOTE_TAG and key in experiment.tags):
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -184,9 +216,15 @@ def unique_run_name(experiment_id: str, base: str) -> str:
     return candidate
 
 
+def strategy_label(strategy) -> str:
+    """A strategy as the compare view's category: " 15 %" (not a number, so the plot draws no 0.00000–15.00000 axis;
+    right-aligned, so the categories' text order is their numeric order)."""
+    return f"{int(strategy):>3} %"
+
+
 def configuration_params(backbone: str, strategy: int, classifier: str) -> dict[str, str]:
     """The configuration as params (`CONFIG_PARAMS`): the compare view's default axes."""
-    values = {"backbone": backbone, "classifier": classifier, "strategy": str(strategy)}
+    values = {"backbone": backbone, "classifier": classifier, "strategy": strategy_label(strategy)}
     return {name: values[name.removeprefix("config.")] for name in CONFIG_PARAMS}
 
 
@@ -214,11 +252,11 @@ def parent_run(dataset: str, backbone: str, strategy: int, classifier: str, prot
 
 
 def log_summary(summary: dict, extra: dict | None = None) -> None:
-    """A parent run's fold summary, the headline (`HEADLINE`, rounded for display) logged first: MLflow's compare
-    view opens on the first metric a run logged."""
+    """A parent run's fold summary, the headline (`HEADLINE`) logged first: MLflow's compare view opens on the first
+    metric a run logged."""
     import mlflow
 
-    mlflow.log_metrics({HEADLINE: round(float(summary["auc_mean"]), 3)} | summary | (extra or {}))
+    mlflow.log_metrics({HEADLINE: float(summary[HEADLINE])} | summary | (extra or {}))
 
 
 def log_dataset(manifest, info: dict | None, dataset: str) -> None:

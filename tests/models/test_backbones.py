@@ -81,6 +81,27 @@ def test_strategy_table_lists_every_backbone_and_strategy():
         assert rows[(name, "100%")][2] == "0" and int(rows[(name, "100%")][3]) == BACKBONES[name].layer_count
 
 
+def test_the_shipped_layer_inventory_is_what_keras_builds():
+    """`sonotune strategies` reads backbone_layers.json instead of building the models: it must equal Keras's."""
+    import json
+
+    from sonotune.models.strategies import LAYERS_FILE, layer_inventory
+
+    assert json.loads(LAYERS_FILE.read_text()) == layer_inventory(), (
+        "regenerate: python -c 'from sonotune.models.strategies import write_layer_inventory; write_layer_inventory()'")
+
+
+def test_the_strategy_table_imports_no_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; from sonotune.cli import main; assert main(['strategies']) == 0; "
+            "assert not {'tensorflow', 'keras'} & set(sys.modules), 'TensorFlow imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "resnet101" in done.stdout
+
+
 def test_imagenet_check_is_fast_without_network(tmp_path, monkeypatch):
     """The real reachability check (no stub): here DNS fails at once; a dead resolver is cut at the timeout."""
     import time

@@ -2,7 +2,8 @@
 
 The kind (busi, mendeley, ddti, folder, csv) is detected from the layout unless given; the same loaders,
 duplicate finder and checks as the `prepare` stage run, without decoding anything into the image cache.
-`--manifest FILE` also writes the manifest CSV.
+`--manifest FILE` also writes the manifest CSV. The near-duplicate threshold is the kind's as the study sets it
+(BUSI 8, DDTI 4: `KIND_NEAR_DISTANCE`), else prepare's default, unless `--near-distance` gives one.
 
 After the data report comes the grouping audit: the `--closest` closest pairs of images the threshold did NOT
 put in one group (are they really different lesions?), and every group that joins several of the source's own
@@ -19,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
-from sonotune.config import DatasetSource
+from sonotune.config import DatasetSource, Prepare, default
 from sonotune.data.duplicates import closest_pairs, hamming
 from sonotune.data.manifest import build_manifest, check_study_ready, display_names, first_problem
 from sonotune.data.data_report import data_report, format_report
@@ -27,6 +28,14 @@ from sonotune.data.sources import collect_records, detect_kind, unread_images
 from sonotune.errors import ConfigError, DataError
 
 KINDS = ("busi", "mendeley", "ddti", "folder", "csv")
+# the near-duplicate thresholds the study sets for these kinds (configs/paper.yaml, measured in docs/datasets.md):
+# BUSI's re-crops of one scan sit up to 8 bits apart, DDTI's whole-screen frames of unrelated cases within 5
+KIND_NEAR_DISTANCE = {"busi": 8, "ddti": 4}
+
+
+def default_near_distance(kind: str) -> int:
+    """The kind's own near-duplicate threshold (`KIND_NEAR_DISTANCE`), else prepare's default."""
+    return KIND_NEAR_DISTANCE.get(kind, default(Prepare, "near_duplicate_distance"))
 
 
 def parse_classes(text: str) -> dict[str, str]:
@@ -112,10 +121,12 @@ def format_audit(audit: dict, near_distance: int | None) -> str:
 
 
 def inspect_dataset(path: Path, kind: str | None = None, manifest_out: str | None = None, strict: bool = False,
-                    folds: int = 5, near_distance: int = 6, keep_normal: bool = False,
+                    folds: int = 5, near_distance: int | None = None, keep_normal: bool = False,
                     classes: str | None = None, closest: int = 10) -> str:
-    """Scan the dataset at `path` and return its report as text; DataError on input that cannot be used."""
+    """Scan the dataset at `path` and return its report as text; DataError on input that cannot be used.
+    `near_distance` None: the kind's threshold (`default_near_distance`); negative: exact duplicates only."""
     kind = kind or detect_kind(path)
+    near_distance = default_near_distance(kind) if near_distance is None else near_distance
     source = source_for(path, kind, keep_normal, classes)
     with tempfile.TemporaryDirectory() as work_dir:
         records = collect_records(source, Path(work_dir), seed=0)

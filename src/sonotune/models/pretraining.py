@@ -68,8 +68,10 @@ def source_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
 
 
-def pretrain_backbone(cfg: Pretrain, backbone: str, input_size: int, task: SourceTask, seed: int) -> Pretrained:
-    """Train `backbone` (random init) and a pretext head on the source task; keep the best held-out epoch."""
+def pretrain_backbone(cfg: Pretrain, backbone: str, input_size: int, task: SourceTask, seed: int,
+                      callbacks: tuple = ()) -> Pretrained:
+    """Train `backbone` (random init) and a pretext head on the source task; keep the best held-out epoch.
+    `callbacks`: more Keras callbacks (a progress bar), run after the ones that pick the epoch."""
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -82,7 +84,8 @@ def pretrain_backbone(cfg: Pretrain, backbone: str, input_size: int, task: Sourc
     # EarlyStopping with patience = epochs never stops early: it restores the epoch with the best val_auc
     best = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.epochs,
                                          restore_best_weights=True)
-    callbacks = [precise_batchnorm_callback(base, x[fit]), best]  # statistics first: they are part of the best epoch
+    # statistics first: they are part of the best epoch
+    callbacks = [precise_batchnorm_callback(base, x[fit]), best, *callbacks]
     history = model.fit(x[fit], onehot[fit], validation_data=(x[val], onehot[val]), epochs=cfg.epochs,
                         batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
     values = {key: [float(v) for v in series] for key, series in history.history.items()}

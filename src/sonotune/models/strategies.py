@@ -1,10 +1,15 @@
 """Fine-tuning strategies: the fraction of a backbone's last layers left trainable, as frozen-layer counts.
 
 The paper's Table 2 is shipped as data for its five backbones (no single rounding rule reproduces it);
-any other backbone uses round(n × (1 − f)).
+any other backbone uses round(n × (1 − f)). `strategy_table` (the `sonotune strategies` command) reads the
+backbones' layers from a generated file (`backbone_layers.json`, kept equal to Keras by tests/models/test_backbones.py)
+so that printing a table does not import TensorFlow.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -35,35 +40,55 @@ def apply_strategy(backbone_model, backbone: str, strategy: int, freeze_bn: bool
     return n_frozen
 
 
-def _first_with_weights(layers) -> str | None:
-    return next((layer.name for layer in layers if layer.weights), None)
+LAYERS_FILE = Path(__file__).with_name("backbone_layers.json")  # `layer_inventory()` of every backbone, generated
+
+
+def _first_with_weights(layers: list[dict]) -> str | None:
+    return next((layer["name"] for layer in layers if layer["params"] or layer["weights"]), None)
+
+
+def layer_inventory(input_size: int | None = None) -> dict[str, list[dict]]:
+    """Per registered backbone, its layers in order: name, trainable parameters, whether it holds weights. Built
+    with Keras (weights=None, a small input size: neither changes the layers or their parameter counts)."""
+    import keras
+
+    from sonotune.models.backbones import BACKBONES, create_backbone
+
+    inventory = {}
+    for name, spec in BACKBONES.items():
+        model = create_backbone(name, input_size or max(spec.min_size, 75), weights=None)
+        inventory[name] = [{"name": layer.name, "weights": bool(layer.weights),
+                            "params": sum(int(np.prod(w.shape)) for w in layer.trainable_weights)}
+                           for layer in model.layers]
+        del model
+        keras.backend.clear_session()
+    return inventory
+
+
+def write_layer_inventory(path: Path = LAYERS_FILE) -> Path:
+    """Regenerate the shipped inventory (`python -c "from sonotune.models.strategies import *; write_layer_inventory()"`)."""
+    path.write_text(json.dumps(layer_inventory(), indent=1) + "\n")
+    return path
 
 
 def strategy_table(input_size: int | None = None) -> str:
     """Text table: per registered backbone and strategy, frozen/trainable layer counts, the backbone's
     trainable parameters and the first trainable layer (with the first one holding weights, if different).
 
-    Built with weights=None at a small input size: layer lists and parameter counts do not depend on either.
+    Read from the shipped inventory (`LAYERS_FILE`: no TensorFlow, instant); built with Keras only for an
+    explicit `input_size` (`layer_inventory`).
     """
-    import keras
-
-    from sonotune.models.backbones import BACKBONES, create_backbone
-
+    inventory = layer_inventory(input_size) if input_size else json.loads(LAYERS_FILE.read_text())
     lines = [f"{'backbone':<12} {'strategy':>8} {'frozen':>7} {'trainable':>9} {'train params':>12}  "
              "first trainable layer (first with weights)"]
-    for name, spec in BACKBONES.items():
-        model = create_backbone(name, input_size or max(spec.min_size, 75), weights=None)
-        layers = model.layers
-        sizes = [sum(int(np.prod(w.shape)) for w in layer.trainable_weights) for layer in layers]
+    for name, layers in inventory.items():
         for strategy in STRATEGIES:
             n_frozen = frozen_layer_count(name, len(layers), strategy)
-            first = layers[n_frozen].name if n_frozen < len(layers) else "(none: head only)"
+            first = layers[n_frozen]["name"] if n_frozen < len(layers) else "(none: head only)"
             with_weights = _first_with_weights(layers[n_frozen:])
             if with_weights and with_weights != first:
                 first += f" ({with_weights})"
-            n_params = sum(sizes[n_frozen:]) / 1e6
+            n_params = sum(layer["params"] for layer in layers[n_frozen:]) / 1e6
             lines.append(f"{name:<12} {strategy:>7}% {n_frozen:>7} {len(layers) - n_frozen:>9} {n_params:>11.2f}M  "
                          f"{first}")
-        del model
-        keras.backend.clear_session()
     return "\n".join(lines)

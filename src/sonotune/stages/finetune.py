@@ -25,6 +25,7 @@ folds ran in the same process.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from sonotune.config import Params, flatten
 from sonotune.cv import Fold, fold_plan
 from sonotune.data.manifest import manifest_digest
 from sonotune.data.prepared import dataset_info_if_prepared
-from sonotune.gradcam import gradcam_maps, layer_for, resize_map, save_figure
+from sonotune.gradcam import gradcam_maps, layer_for, map_verdict, resize_map, save_figure, too_small
 from sonotune.metrics import METRIC_NAMES, binary_metrics, summarize
 from sonotune.models.head import inference_copy
 from sonotune.models.training import PrefixCache, TrainedFold, better, iter_train_folds, predict_outputs
@@ -101,20 +102,43 @@ def log_study_overlays(classifier, backbone: str, x: np.ndarray, images: np.ndar
                        y: np.ndarray, alpha: float = 0.4, title: str = "") -> None:
     """Log Grad-CAM figures of images `rows` (MLP head) to the active MLflow run, under `gradcam/`: each image
     beside its overlay, upscaled, titled with `title`, the true class and p(malignant) (`gradcam.save_figure`).
+    Only maps that show something: none when the layer is too coarse (`gradcam.too_small`: said once per stage),
+    no empty or flat one (`gradcam.map_verdict`); the run's tag `gradcam` says what was left out and why.
 
     `x` holds the preprocessed inputs, `images` the same images as uint8 (what the overlay is drawn on).
     """
+    import mlflow
+
+    rows = np.asarray(rows)
     if len(rows) == 0:
         return
-    maps = gradcam_maps(classifier, layer_for(backbone, classifier), x[rows])
-    probabilities = classifier.predict(x[rows], verbose=0)[:, 1]
+    layer = layer_for(backbone, classifier)
+    reason = too_small(classifier, layer)
+    if reason is not None:
+        mlflow.set_tag("gradcam", reason)
+        say_once(reason)
+        return
+    maps = gradcam_maps(classifier, layer, x[rows])
+    shown = [i for i, cam in enumerate(maps) if map_verdict(cam) is None]
+    if len(shown) < len(rows):
+        mlflow.set_tag("gradcam", f"{len(rows) - len(shown)} of {len(rows)} maps empty or flat (no location raises "
+                                  f"the malignant score more than another): not logged")
+    if not shown:
+        return
+    probabilities = classifier.predict(x[rows[shown]], verbose=0)[:, 1]
     with tracking.artifact_dir() as tmp:
-        for row, cam, probability in zip(rows, maps, probabilities):
+        for row, cam, probability in zip(rows[shown], maps[shown], probabilities):
             image = np.asarray(images[row])
             truth = CLASS_NAMES[int(y[row])]
             save_figure(tmp / "gradcam" / f"image{row:05d}_{truth}_p{probability:.2f}.png", image,
                         resize_map(cam, *image.shape[:2]), alpha,
                         f"{title}\nimage {row}, {truth}: p(malignant) = {probability:.2f}")
+
+
+@functools.lru_cache(maxsize=None)
+def say_once(line: str) -> None:
+    """Print `line` once per process (the stage meets the same reason in every fold)."""
+    tqdm.write(line)
 
 
 def finish_fold(params: Params, backbone: str, strategy: int, data: TrainingInputs, fold: Fold,

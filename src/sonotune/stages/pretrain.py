@@ -7,6 +7,7 @@ init on benign vs malignant with the best epoch picked on held-out source images
 names it) and `prepared/pretrain/B.json` (DVC metrics: held-out source AUC per epoch, sizes, seconds). Each file
 is written whole or not at all. `pretrain.epochs: 0` saves the seeded random initialisation instead (seconds: the
 stage's cost while `finetune.weights` does not name its output). Logs one run to the MLflow experiment `sonotune-pretrain`.
+Says what it does while it works: a line before the simulation, a progress bar over the epochs (loss, held-out AUC).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from sonotune import tracking
 from sonotune.config import Params, flatten
@@ -69,8 +72,13 @@ def run_pretrain(params: Params, backbone: str, root: Path = PRETRAIN_ROOT) -> d
     require_writable(root, "the pretrained backbones")
     started = time.perf_counter()
     if cfg.epochs:
+        from tqdm.keras import TqdmCallback
+
+        tqdm.write(f"pretrain {backbone}: simulating {cfg.n_images} phantom source cases at {size} px, then "
+                   f"{cfg.epochs} epochs from random init")
         task = phantom_source(cfg, size, params.seed, params.prepare.resize)
-        result = pretrain_backbone(cfg, backbone, size, task, params.seed)
+        bar = TqdmCallback(epochs=cfg.epochs, verbose=0, desc=f"pretrain {backbone}", unit="epoch", leave=False)
+        result = pretrain_backbone(cfg, backbone, size, task, params.seed, callbacks=(bar,))
     else:
         result = untrained_backbone(backbone, size, params.seed)
     weights = save_backbone_weights(result.backbone, weights_file(backbone, root))

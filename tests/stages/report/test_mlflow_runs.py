@@ -54,6 +54,9 @@ def test_intervals_go_onto_the_producing_parent_runs_only(local_mlflow):
     after = mlflow.search_runs(experiment_names=["sonotune-phantom"])
     assert len(after) == len(before) == 5
     assert "intervals added to 4 parent runs" in text
+    experiment_id = mlflow.get_experiment_by_name("sonotune-phantom").experiment_id
+    assert f"Parent runs of phantom (configuration and AUC columns, best first): http://127.0.0.1:5000/#/experiments/" \
+           f"{experiment_id}/runs?viewStateShareKey=parent-runs" in text
     table = pd.read_csv("reports/table3.csv").set_index("strategy")
     fresh = after[after["run_id"] != stale]
     for _, run_ in fresh.iterrows():
@@ -61,15 +64,17 @@ def test_intervals_go_onto_the_producing_parent_runs_only(local_mlflow):
         classifier = run_["tags.classifier"]
         assert run_["metrics.auc_ci_low"] == pytest.approx(row[f"{classifier}_auc_low"], abs=1e-4)
         assert run_["metrics.auc_ci_high"] == pytest.approx(row[f"{classifier}_auc_high"], abs=1e-4)
-        assert run_["params.config.strategy"] == run_["tags.strategy"] and run_["params.config.backbone"] == "vgg16"
+        assert run_["params.config.strategy"] == tracking.strategy_label(run_["tags.strategy"]) and run_["params.config.backbone"] == "vgg16"
         assert run_["params.config.classifier"] == classifier
-        assert run_["metrics.auc_oof_mean"] == pytest.approx(row[f"{classifier}_auc"], abs=1e-4)
+        assert run_["metrics.auc_mean"] == pytest.approx(row[f"{classifier}_auc"], abs=1e-4)
+        assert np.isnan(run_.get("metrics.auc_oof_mean", np.nan))  # the same statistic: no second name
         one_class = run_["tags.strategy"] == "15" and classifier == "svm"
         assert run_["tags.single_class_folds"] == ("3" if one_class else "0")
-        assert run_["tags.auc_ci"].startswith("95 % interval of auc_oof_mean: clustered")
+        assert run_["tags.auc_ci"].startswith("95 % interval of auc_mean: clustered")
         # the study-wide cross-strategy figure, on every parent the report updated
         logged = mlflow.MlflowClient().list_artifacts(run_["run_id"], "report")
-        assert [a.path for a in logged] == ["report/auc_by_strategy_phantom.png"]
+        # the study-wide cross-strategy figure and the study page
+        assert [a.path for a in logged] == ["report/auc_by_strategy_phantom.png", "report/index.html"]
     assert np.isnan(after.set_index("run_id").loc[stale, "metrics.auc_ci_low"])
     assert mlflow.MlflowClient().list_artifacts(stale, "report") == []
 

@@ -18,15 +18,16 @@ stages wrote, and writes under `reports/`:
 - the two DVC plots `auc_by_strategy.csv` (strategy, AUC and interval, a line per dataset · backbone ·
   classifier) and `roc.csv` (every configuration's pooled ROC, the best named); `auc.json` (every
   configuration's AUC); `metrics.json` (the headline numbers, dvc.yaml's top-level metrics); `summary.md`
-  (the printed summary less its MLflow lines, which name this machine's store).
+  (the printed summary less its MLflow lines, which name this machine's store); `index.html` (the study page:
+  summary, Tables 3 and 4, every figure, links to the MLflow runs, in one self-contained file).
 Intervals and tests come from `sonotune.stats` (docs/statistics.md). The intervals, and a `single_class_folds`
 tag, are also logged onto the parent MLflow runs the stages created (found by their tags; the report never
 creates a run).
 
 One module per job: `load` (read the stages' outputs), `statistics` (intervals, paired tests, verdicts), `tables`
 (Tables 3 and 4), `findings` (the summary, answer first), `wording` (every sentence of it), `figures`,
-`mlflow_runs` (the parent runs) and `write` (the files under `reports/`); `run_report` below only strings them
-together.
+`mlflow_runs` (the parent runs), `write` (the files under `reports/`) and `page` (reports/index.html, which renders
+the summary `findings` builds); `run_report` below only strings them together.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sonotune.config import Params
 from sonotune.stages.report.findings import best_per_backbone, mlflow_lines, summary_text
 from sonotune.stages.report.load import load_study
 from sonotune.stages.report.mlflow_runs import log_intervals
+from sonotune.stages.report.page import write_page
 from sonotune.stages.report.statistics import add_intervals, comparisons, variance_note
 from sonotune.stages.report.tables import table3, table4, table4_strategy
 from sonotune.stages.report.write import write_metrics, write_plots, write_summary, write_tables
@@ -62,4 +64,5 @@ def run_report(params: Params) -> str:
     write_metrics(results, tests)
     text = summary_text(params, results, table, best, tests, t4_strategy, t4, variance_note(study, params))
     write_summary(text)
+    write_page(text, results, params)  # reports/index.html: the summary, tables and figures in one file
     return text + mlflow_lines(mlflow_note)

@@ -193,9 +193,10 @@ def auc_by_strategy(results: pd.DataFrame, dataset: str, alpha: float, interval_
 
 
 def roc_rows(study_predictions: dict[str, pd.DataFrame], results: pd.DataFrame, grid: int = 101) -> pd.DataFrame:
-    """Every configuration's pooled out-of-fold ROC on one false-positive-rate grid (config, best, fpr, tpr):
-    one DVC plot for the whole study, whatever its size. `config` carries the fold-mean AUC; the configuration
-    with the best one is called "best: …" and has best = "yes"."""
+    """Every configuration's pooled out-of-fold ROC on one false-positive-rate grid (config, auc, best, fpr, tpr):
+    one DVC plot for the whole study, whatever its size. `config` names the configuration only, so that `dvc plots
+    diff` pairs a configuration's curves across revisions (its fold-mean AUC is the `auc` column: the tooltip); the
+    configuration with the best AUC has best = "yes" (drawn thicker)."""
     from sklearn.metrics import roc_curve
 
     fpr_grid = np.linspace(0, 1, grid)
@@ -204,9 +205,7 @@ def roc_rows(study_predictions: dict[str, pd.DataFrame], results: pd.DataFrame, 
     for index, r in results.iterrows():
         frame = study_predictions[r.dataset]
         fpr, tpr, _ = roc_curve(frame["y"], frame[score_column(r.backbone, r.strategy, r.classifier)])
-        name = (f"{r.dataset} · {r.backbone} · {r.strategy} % · {CLASSIFIER_LABELS[r.classifier]} "
-                f"(AUC {r.auc_mean:.3f})")
-        parts.append(pd.DataFrame({"config": ("best: " if index == top else "") + name,
-                                   "best": "yes" if index == top else "no",
+        name = f"{r.dataset} · {r.backbone} · {r.strategy} % · {CLASSIFIER_LABELS[r.classifier]}"
+        parts.append(pd.DataFrame({"config": name, "auc": r.auc_mean, "best": "yes" if index == top else "no",
                                    "fpr": fpr_grid, "tpr": np.interp(fpr_grid, fpr, tpr)}))
     return pd.concat(parts, ignore_index=True).round(4)
