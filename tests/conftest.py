@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.workspace import (  # noqa: F401  (re-exported)
-    BIN, GENERATED, ROOT, SHARED_DATASETS, copy_repo, project_env, run, tiny_params,
+    BIN, GENERATED, PRETRAINED, ROOT, SHARED_DATASETS, copy_repo, project_env, recording_env, run, tiny_params,
 )
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -20,6 +20,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 @pytest.fixture
 def tiny_repo(tmp_path: Path) -> Path:
     return copy_repo(tmp_path / "repo", tiny_params())
+
+
+@pytest.fixture(scope="session")
+def demo_repro(tmp_path_factory) -> dict:
+    """The demo's shape, tiny: one `dvc repro` of every stage (the pretrain stage's backbone is what finetune starts
+    from), each stage's command recording the package files it imports (tests/import_recorder). Shared by the e2e
+    test, which goes on to run experiments in it, and the deps test, which reads only `imports`."""
+    repo = copy_repo(tmp_path_factory.mktemp("demo") / "repo", tiny_params(**{"finetune.weights": PRETRAINED}))
+    imports = repo.parent / "imports"
+    return {"repo": repo, "imports": imports, "out": run(["dvc", "repro"], repo, env=recording_env(imports)).stdout}
 
 
 @pytest.fixture

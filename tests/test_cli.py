@@ -88,10 +88,11 @@ def _python(code: str, cwd, **env) -> subprocess.CompletedProcess:
 
 
 def test_commands_without_a_model_never_import_tensorflow(tmp_path):
-    """`--help`, `prepare` and `params` stay fast: no TensorFlow (seconds of import, and its startup lines)."""
+    """`--help`, `phantom`, `prepare` and `params` stay fast: no TensorFlow (seconds of import, and its startup lines)."""
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     done = _python("import sys\nfrom sonotune.cli import main\n"
-                   "for argv in (['--help'], ['prepare', '--help'], ['prepare', '--dataset', 'phantom'],\n"
+                   "for argv in (['--help'], ['prepare', '--help'], ['phantom', '--dataset', 'phantom'],\n"
+                   "             ['prepare', '--dataset', 'phantom'],\n"
                    "             ['params', '--out', 'merged.yaml', 'params.yaml']):\n"
                    "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
                    "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))", tmp_path)

@@ -6,7 +6,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from tests.workspace import PRETRAINED, ROOT, copy_repo, project_env, run, tiny_params
+from tests.workspace import ROOT, project_env, run
 
 pytestmark = pytest.mark.e2e
 
@@ -22,10 +22,9 @@ def _runs(repo):
     return runs.merge(wide, on="run_uuid").merge(experiments, on="experiment_id")
 
 
-def test_dvc_repro_tiny_study(tmp_path):
+def test_dvc_repro_tiny_study(demo_repro):
     """The demo's shape: the pretrain stage's backbone is what finetune starts from."""
-    tiny_repo = copy_repo(tmp_path / "repo", tiny_params(**{"finetune.weights": PRETRAINED}))
-    out = run(["dvc", "repro"], tiny_repo).stdout
+    tiny_repo, out = demo_repro["repo"], demo_repro["out"]
     assert "Best: phantom / vgg16" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     assert "Running stage 'pretrain@vgg16'" in out and out.index("pretrain@vgg16") < out.index("finetune@")
     assert (tiny_repo / "prepared/pretrain/vgg16.weights.h5").is_file()

@@ -696,7 +696,7 @@ def test_a_fresh_clone_never_lets_dvc_delete_the_users_data(tmp_path):
     errors = [line for line in checkout.stderr.splitlines() if line.startswith("ERROR")]
     line = (errors or ["(nothing to check out)"])[0] + " (the pipeline's outputs, none computed yet)"
     record("dvc-checkout-force-fresh-clone", "`dvc checkout --force` on a fresh clone with data in `data/`", checkout,
-           line, "`data/` (no `data.dvc` ships: `dvc add data` creates yours); `dvc status` names no data", clone,
+           line, "`data/` (data.dvc tracks data/phantom alone: the rest of `data/` is left alone); `dvc status` names no data", clone,
            command="dvc checkout --force")
 
 

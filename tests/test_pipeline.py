@@ -6,11 +6,16 @@ cli helpers it calls), which imports the stage module; the closure over every `s
 `params.<section>[.<key>]` chain in those modules; each must be covered by the stage's `params`. Both checks would
 have failed on the dvc.yaml before the structure refactor (`svm` ran metrics.py, outputs.py, plots.py, layout.py,
 tracking.py and config.py without depending on them; `prepare` read cv.n_splits without listing it).
+
+Reading the source misses what only running shows, so the deps are also checked against what each stage's command
+really imports (and opens) when `dvc repro` runs the demo's tiny study under an import recorder
+(tests/import_recorder, the e2e workspace's own run): that check found `prepare` importing team.py unlisted.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -188,6 +193,27 @@ def test_the_checks_see_what_a_stage_runs_and_reads():
     assert "report.log_to_mlflow" in outermost_params_keys(stage_code("report"))  # read in cli.cmd_report
     assert not covered(Path("src/sonotune/metrics.py"), ["src/sonotune/svm"])
     assert key_covered("cv.n_splits", ["cv"]) and not key_covered("cv.n_splits", ["cv.val_fraction"])
+
+
+def recorded_files(log_dir: Path) -> dict[str, set[Path]]:
+    """`sonotune <command>` -> the package files (as src/sonotune/…) its processes imported or opened."""
+    found: dict[str, set[Path]] = {}
+    for log in log_dir.glob("*.json"):
+        entry = json.loads(log.read_text())
+        if Path(entry["argv"][0]).name == PACKAGE:
+            found.setdefault(entry["argv"][1], set()).update(Path("src", name) for name in entry["files"])
+    return found
+
+
+@pytest.mark.e2e
+def test_stage_deps_cover_every_file_its_command_imports_when_it_runs(demo_repro):
+    recorded = recorded_files(demo_repro["imports"])
+    assert set(recorded) == {stage_command(stage) for stage in PIPELINE.values()}, "a demo stage ran unrecorded"
+    assert Path("src/sonotune/stages/prepare.py") in recorded["prepare"]
+    for name, stage in sorted(PIPELINE.items()):
+        deps = stage.get("do", stage)["deps"]
+        missing = sorted(str(path) for path in recorded[stage_command(stage)] if not covered(path, deps))
+        assert not missing, f"dvc.yaml stage '{name}' imported these files when it ran, without depending on them: {missing}"
 
 
 def test_python_caches_never_reach_a_stage_hash():

@@ -170,7 +170,7 @@ def test_remote_carries_the_study_to_a_second_clone(tmp_path):
     second = tmp_path / "second"
     run(["git", "clone", "-q", str(first), str(second)], tmp_path)
     assert not (second / "runs").exists()
-    run(["dvc", "pull", "dvc.yaml"], second)  # the pipeline's outputs (data.dvc's real datasets are not pushed here)
+    run(["dvc", "pull"], second)  # data.dvc's data/phantom (prepare's input) and the pipeline's outputs
     oof = "runs/phantom/vgg16/0/mlp/oof.csv"
     assert (second / oof).read_bytes() == (first / oof).read_bytes()
     repro = run(["dvc", "repro"], second).stdout

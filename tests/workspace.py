@@ -46,6 +46,15 @@ def project_env(**extra: str) -> dict:
     return env
 
 
+IMPORT_RECORDER = Path(__file__).parent / "import_recorder"
+
+
+def recording_env(log_dir: Path, **extra: str) -> dict:
+    """project_env under which every `sonotune` process logs the package files it imported to `log_dir`
+    (tests/import_recorder/sitecustomize.py)."""
+    return project_env(PYTHONPATH=str(IMPORT_RECORDER), SONOTUNE_IMPORT_LOG=str(log_dir), **extra)
+
+
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, env=env or project_env(), capture_output=True, text=True)
     if check and result.returncode != 0:
@@ -56,19 +65,42 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) 
 GENERATED = ("runs/", "prepared/", "reports/", "dvc.lock")  # results of a local `make demo`, never copied
 
 
-def copy_repo(dest: Path, params: dict) -> Path:
-    """Copy the project's tracked and untracked-but-not-ignored files into a new git repo at `dest`."""
+def write_phantom_data(repo: Path) -> None:
+    """What `make data` does on a machine with no DVC remote, for the workspace's own params: its phantom set
+    written to data/phantom and recorded in data.dvc and DVC's cache (a tiny study's set is not the demo's)."""
+    from dvc.repo import Repo
+
+    from sonotune.config import load_params
+    from sonotune.data.phantom import configured_phantom, write_phantom_dataset
+    from sonotune.errors import ConfigError
+
+    try:
+        params = load_params(repo / "params.yaml")
+    except ConfigError:  # a test's deliberately bad params.yaml: `make data` would stop on it too, writing nothing
+        return
+    source = configured_phantom(params.datasets, "phantom")
+    write_phantom_dataset(repo / source.root, source, params.seed)
+    with Repo(str(repo)) as dvc:  # `dvc commit -f data.dvc`, in this process: no second of CLI start-up per copy
+        dvc.commit(str(repo / "data.dvc"), force=True)
+
+
+def copy_repo(dest: Path, params: dict, data: bool = True) -> Path:
+    """Copy the project's tracked and untracked-but-not-ignored files into a new git repo at `dest`, with its phantom
+    set in data/ (write_phantom_data; `data=False`: none, as on a fresh clone of the demo)."""
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split("\0")
     for rel in filter(None, listed):
         source = ROOT / rel
-        if source.is_file() and not rel.startswith(GENERATED):
+        local_data = rel.startswith("data/") and rel != "data/.gitignore"  # datasets of this checkout: not the copy's
+        if source.is_file() and not rel.startswith(GENERATED) and not local_data:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / rel)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=sonotune-tests", "-c", "user.email=tests@localhost"]
     run(["git", "init", "-q"], dest)
+    if data:
+        write_phantom_data(dest)
     run(git + ["add", "-A"], dest)
     run(git + ["commit", "-qm", "tiny study"], dest)
     return dest

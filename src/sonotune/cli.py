@@ -90,8 +90,18 @@ def _deterministic() -> None:
 
 
 def cmd_phantom(args) -> None:
-    from sonotune.data.phantom import sample_grid, write_phantom
+    from sonotune.data.phantom import configured_phantom, sample_grid, write_phantom, write_phantom_dataset
 
+    if args.dataset:
+        from sonotune.config import load_params
+
+        params = load_params(args.params)
+        source = configured_phantom(params.datasets, args.dataset)
+        paths = write_phantom_dataset(Path(source.root), source, params.seed)
+        print(f"wrote {len(paths)} images under {source.root} (datasets.{args.dataset}, seed {params.seed})")
+        return
+    if not args.out_dir:
+        raise ConfigError("give OUT_DIR, or --dataset NAME to write a params.yaml entry's set")
     if args.grid:
         sample_grid(Path(args.out_dir), seed=args.seed)
         return
@@ -443,7 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     phantom = sub.add_parser("phantom", help="write synthetic B-mode images as <out>/<class>/*.png")
-    phantom.add_argument("out_dir")
+    phantom.add_argument("out_dir", nargs="?")
+    phantom.add_argument("--dataset", help="write datasets.NAME of --params to its `root` (the demo: data/phantom, "
+                                           "versioned by data.dvc) instead of OUT_DIR")
+    phantom.add_argument("--params", default=PARAMS_FILE)
     phantom.add_argument("--n-benign", type=int, default=default(PhantomSource, "n_benign"))
     phantom.add_argument("--n-malignant", type=int, default=default(PhantomSource, "n_malignant"))
     phantom.add_argument("--size", type=int, default=default(PhantomSource, "image_size"))

@@ -48,6 +48,9 @@ class SourceSection(Section):
 
 class PhantomSource(SourceSection):
     kind: Literal["phantom"]
+    # folder `sonotune phantom --dataset NAME` writes the set to and prepare reads it from (the demo: data/phantom,
+    # versioned by data.dvc); null: prepare renders the set itself into its output folder
+    root: str | None = None
     n_benign: PositiveInt = 437
     n_malignant: PositiveInt = 210
     image_size: Annotated[int, Field(ge=32, le=1024)] = 128

@@ -196,3 +196,54 @@ def test_mendeley_frames_are_grouped_by_clip(tmp_path):
     assert report["n_groups"] == 7
     single = params_for({"set": {"kind": "mendeley", "root": str(root), "clip_frames": 1}})
     assert prepare_dataset(single, "set", root=tmp_path / "q")["n_groups"] == 31
+
+
+def test_the_phantom_set_is_read_from_its_folder_as_the_one_prepare_would_render(tmp_path):
+    """data.dvc's layout: `sonotune phantom --dataset` writes data/phantom; prepare reads it as a folder dataset,
+    with the manifest and image arrays of the set it renders itself when the entry has no root."""
+    from sonotune.data.phantom import STAMP, write_phantom_dataset
+
+    entry = {"kind": "phantom", "n_benign": 6, "n_malignant": 4, "image_size": 48}
+    folder = params_for({"phantom": {**entry, "root": str(tmp_path / "data" / "phantom")}})
+    written = write_phantom_dataset(tmp_path / "data" / "phantom", folder.datasets["phantom"], folder.seed)
+    assert len(written) == 10 and json.loads((tmp_path / "data/phantom" / STAMP).read_text())["seed"] == folder.seed
+
+    from_folder = prepare_dataset(folder, "phantom", root=tmp_path / "a")
+    rendered = prepare_dataset(params_for({"phantom": entry}), "phantom", root=tmp_path / "b")
+    assert from_folder["per_class"] == {"benign": 6, "malignant": 4} and from_folder["n_excluded"] == 0
+    paths = read_manifest(tmp_path / "a/phantom/manifest.csv")["path"]
+    assert paths.str.startswith(str(tmp_path / "data" / "phantom")).all()  # read where it lies, not copied
+    assert np.array_equal(load_prepared("phantom", 32, root=tmp_path / "a")[1],
+                          load_prepared("phantom", 32, root=tmp_path / "b")[1])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_benign": 7}, r"generated with other settings than params\.yaml's seed and datasets\.phantom: n_benign 6 \(params: 7\)"),
+    ({"root": "elsewhere"}, r"elsewhere: holds no phantom set \(phantom\.json not found\)"),
+])
+def test_a_phantom_folder_that_is_not_params_set_stops_prepare_saying_how_to_get_it(tmp_path, monkeypatch, change,
+                                                                                      message):
+    from sonotune.data.phantom import write_phantom_dataset
+
+    monkeypatch.chdir(tmp_path)
+    entry = {"kind": "phantom", "root": "data/phantom", "n_benign": 6, "n_malignant": 4, "image_size": 48}
+    params = params_for({"phantom": entry})
+    write_phantom_dataset(Path("data/phantom"), params.datasets["phantom"], params.seed)
+    with pytest.raises(DataError, match=message + r".*`sonotune phantom --dataset phantom` regenerates it \(then "
+                                                   r"`dvc commit data.dvc`\), or `dvc pull data.dvc`"):
+        prepare_dataset(params_for({"phantom": {**entry, **change}}), "phantom", root=tmp_path / "p")
+    assert not (tmp_path / "p" / "phantom").exists()
+
+
+def test_cli_phantom_dataset_writes_the_entry_or_names_the_ones_it_can(tmp_path, monkeypatch, capsys):
+    from sonotune.cli import main
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"]["phantom"].update(n_benign=3, n_malignant=2, image_size=32)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert main(["phantom", "--dataset", "phantom"]) == 0
+    assert sorted(p.name for p in Path("data/phantom").rglob("*.png"))[:2] == ["benign_0000.png", "benign_0001.png"]
+    assert main(["phantom", "--dataset", "mendeley"]) == 2
+    assert capsys.readouterr().err.strip() == ("sonotune phantom: error: datasets.mendeley: not a phantom entry with "
+                                               "a `root` folder (those with one: phantom)")

@@ -12,11 +12,18 @@ distributions, so the task is learnable but not trivial.
 
 Run as `sonotune phantom OUT_DIR [--n-benign N --n-malignant M --size PX --seed S]`; it writes the
 `<root>/<class>/*.png` layout that real datasets use. Deterministic by seed: image i of a class depends only on
-(seed, class, i).
+(seed, class, i), and so are the files' bytes: PNGs are written uncompressed (zlib level 0, stored blocks), where
+Pillow's bundled deflate and the system zlib write the same bytes (at level 6 they differ: measured with Pillow
+13). That is what lets the top-level `data.dvc` record one hash for the demo's set on every machine.
+
+`sonotune phantom --dataset NAME` writes a dataset entry's set where its `root` says (`data/phantom`, versioned
+by data.dvc), with a `phantom.json` stamp of what it was generated from; the prepare stage then reads that folder
+like any folder dataset and refuses one whose stamp disagrees with params.yaml (`phantom_folder_records`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +31,12 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from sonotune.data.records import Record, class_folder_records
+from sonotune.errors import DataError
+from sonotune.layout import staged_dir
 from sonotune.vocabulary import CLASS_NAMES as CLASSES
+
+STAMP = "phantom.json"  # in a written dataset folder: the generator's inputs (phantom_spec), beside the class folders
 
 
 @dataclass(frozen=True)
@@ -159,9 +171,59 @@ def write_phantom(out_dir: Path, n_benign: int, n_malignant: int, size: int, see
         for index in range(count):
             pixels = simulate_bmode(_image_rng(seed, class_name, index), size, class_name == "malignant")
             path = class_dir / f"{class_name}_{index:04d}.png"
-            Image.fromarray(pixels, mode="L").save(path)
+            Image.fromarray(pixels, mode="L").save(path, compress_level=0)
             written.append(path)
     return sorted(written)
+
+
+def phantom_spec(source, seed: int) -> dict:
+    """What a phantom dataset entry's images are a function of (its stamp)."""
+    return {"seed": seed, "n_benign": source.n_benign, "n_malignant": source.n_malignant,
+            "image_size": source.image_size}
+
+
+def regenerate_hint(name: str) -> str:
+    return (f"`sonotune phantom --dataset {name}` regenerates it (then `dvc commit data.dvc`), "
+            f"or `dvc pull data.dvc` fetches the team's copy")
+
+
+def configured_phantom(datasets: dict, name: str):
+    """The entry `name` of params' `datasets`, checked to be a phantom set with a `root` to write to."""
+    source = datasets.get(name)
+    if source is None or source.kind != "phantom" or not source.root:
+        phantoms = sorted(key for key, entry in datasets.items() if entry.kind == "phantom" and entry.root)
+        raise DataError(f"datasets.{name}: not a phantom entry with a `root` folder "
+                        f"(those with one: {', '.join(phantoms) or 'none'})")
+    return source
+
+
+def write_phantom_dataset(root: Path, source, seed: int) -> list[Path]:
+    """The dataset entry's images and stamp written to `root`, which is replaced whole (nothing half-written)."""
+    with staged_dir(Path(root)) as staging:
+        paths = write_phantom(staging, source.n_benign, source.n_malignant, source.image_size, seed)
+        (staging / STAMP).write_text(json.dumps(phantom_spec(source, seed), indent=2) + "\n")
+    return [Path(root) / path.relative_to(staging) for path in paths]
+
+
+def phantom_folder_records(source, seed: int, name: str = "phantom") -> list[Record]:
+    """The records of a phantom set written to `source.root`: its class folders, read as any folder dataset is,
+    once its stamp shows it is the set params.yaml describes (seed, counts, size)."""
+    root = Path(source.root)
+    stamp = root / STAMP
+    if not stamp.is_file():
+        raise DataError(f"{root}: holds no phantom set ({STAMP} not found); {regenerate_hint(name)}")
+    try:
+        written = json.loads(stamp.read_text())
+    except ValueError:
+        raise DataError(f"{stamp}: not valid JSON; {regenerate_hint(name)}") from None
+    wanted = phantom_spec(source, seed)
+    if written != wanted:
+        differ = ", ".join(f"{key} {written.get(key)} (params: {value})" for key, value in wanted.items()
+                           if written.get(key) != value)
+        raise DataError(f"{root}: generated with other settings than params.yaml's seed and datasets.{name}: "
+                        f"{differ}; {regenerate_hint(name)}")
+    return [record for class_name in CLASSES for record in
+            class_folder_records(root / class_name, class_name, f"{class_name}/")]
 
 
 def sample_grid(path: Path, per_class: int = 4, size: int = 160, seed: int = 0) -> None:

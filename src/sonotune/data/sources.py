@@ -3,8 +3,9 @@
 A record is (path, label, group, excluded_reason); `manifest.build_manifest` adds hashes, sizes, duplicates and
 the remaining exclusions. Kinds: `busi`, `ddti`, `mendeley` (class folders of `us<N>.bmp`; the frames of one
 clip share a group), `folder` (any `<root>/<class>/*` set, e.g. the salivary-glands set), `csv` (a
-`path,label[,group]` file) and `phantom` (renders its images with `phantom.write_phantom` first, so every kind
-ends up as files on disk). `detect_kind` guesses the kind of a
+`path,label[,group]` file) and `phantom` (reads the set `sonotune phantom --dataset NAME` wrote to its `root`, the
+demo's data/phantom versioned by data.dvc; without a `root` it renders its images with `phantom.write_phantom`
+first, so every kind ends up as files on disk). `detect_kind` guesses the kind of a
 path for `sonotune inspect`.
 """
 
@@ -19,7 +20,7 @@ from sonotune.vocabulary import CLASS_NAMES, IMAGE_SUFFIXES
 from sonotune.data.busi import BUSI_NAME, busi_records, busi_root
 from sonotune.data.csvfile import csv_records
 from sonotune.data.ddti import IMAGE_NAME, ddti_records
-from sonotune.data.phantom import write_phantom
+from sonotune.data.phantom import phantom_folder_records, write_phantom
 from sonotune.data.records import Record, class_folder_records, require_dir
 from sonotune.errors import DataError
 
@@ -52,6 +53,8 @@ def _mendeley_records(source: MendeleySource, work_dir: Path, seed: int) -> list
 
 
 def _phantom_records(source: PhantomSource, work_dir: Path, seed: int) -> list[Record]:
+    if source.root:
+        return phantom_folder_records(source, seed)
     root = work_dir / "source"
     paths = write_phantom(root, source.n_benign, source.n_malignant, source.image_size, seed)
     return [Record(p, p.parent.name, f"{p.parent.name}/{p.stem}") for p in paths]
