@@ -217,6 +217,15 @@ EXCLUDED = {
     "mask-downscaled-smoothly": ("a segmentation mask downscaled with smoothing where an image should be",
                                  lambda root: _mask_image().resize((48, 40), Image.BILINEAR).save(
                                      root / "benign" / "lesion.png"), "mask"),
+    "image-1x1-px": ("a 1×1 px image", lambda root: Image.new("L", (1, 1), 128).save(root / "benign" / "dot.png"),
+                     "too small"),
+    "symlink-dangling": ("a symlink to a missing file named `.png`",
+                         lambda root: (root / "benign" / "gone.png").symlink_to(root / "nowhere.png"), "missing file"),
+    "symlink-loop": ("a symlink loop named `.png`",
+                     lambda root: (root / "benign" / "loop.png").symlink_to(root / "benign" / "loop.png"),
+                     "missing file"),
+    "fifo-named-png": ("a FIFO named `.png` (reading it would block forever)",
+                       lambda root: os.mkfifo(root / "benign" / "pipe.png"), "not an image"),
 }
 
 
@@ -459,6 +468,35 @@ def test_a_signal_ends_the_stage_like_an_error_and_the_rerun_resumes(repo, case)
     record(case, fault, None, line, "fold 0 (the rerun trains only fold 1, into the same parent run); "
            "runs FAILED, none RUNNING after the rerun", repo, command="sonotune finetune …", seconds=seconds)
     ROWS[case].status = str(status)
+
+
+RESUME_DAMAGE = {
+    # case: (fault, damage(store), words of the line)
+    "resume-fold-json-truncated": ("a truncated fold record in the resume store",
+                                   lambda store: (store / "fold_0.json").write_text('{"run_id": "ab'),
+                                   "unreadable record"),
+    "resume-fold-npz-missing": ("a fold's arrays (`.npz`) missing from the resume store",
+                                lambda store: (store / "fold_0.npz").unlink(), "fold_0.npz is missing"),
+}
+
+
+def test_a_damaged_resume_store_is_one_line_naming_the_fold(repo):
+    """One interrupted run (fold 0 kept), then each damage on a copy of its store: one line, nothing RUNNING."""
+    process = start_finetune(repo)
+    wait_for_fold_0(repo, process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    kept = repo.parent / "kept-store"
+    shutil.copytree(repo / STORE, kept)
+    for case, (fault, damage, named) in RESUME_DAMAGE.items():
+        shutil.rmtree(repo / STORE)
+        shutil.copytree(kept, repo / STORE)
+        damage(repo / STORE)
+        result = sonotune(repo, "finetune", *CONFIG)
+        line = error_line(result, "finetune")
+        assert result.returncode == 2 and named in line and "fold_0.*" in line, line
+        assert running(local_statuses(repo)) == [] and half_written(repo) == []
+        record(case, fault, result, line, "the other folds and the MLflow runs (none RUNNING)", repo)
 
 
 def test_sigterm_to_a_dvc_repro_job_ends_its_stage_like_an_error_and_repro_resumes(repo):
@@ -732,6 +770,322 @@ def test_two_dvc_repro_at_once_and_a_failed_repro_lose_nothing(repo):
            command="dvc repro prepare@phantom")
 
 
+# ---------------------------------------------------------------------------------------------------- preflight
+
+
+def test_a_duplicate_key_in_params_is_one_line(repo):
+    text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text + "seed: 7\n")
+    result = sonotune(repo, "finetune", *CONFIG)
+    line = error_line(result, "finetune")
+    assert result.returncode == 2 and "'seed' appears twice" in line and "params.yaml" in line
+    assert not (repo / "mlruns").exists() and not (repo / "runs").exists()
+    record("params-duplicate-key", "a key given twice in params.yaml (PyYAML would keep the last)", result, line,
+           "everything; no run, no output", repo)
+
+
+BACKENDS = {
+    # case: (fault, KERAS_BACKEND, command, words of the line)
+    "keras-backend-bogus": ("`KERAS_BACKEND=bogus`", "bogus", ["finetune", *CONFIG], "unset KERAS_BACKEND"),
+    "keras-backend-torch": ("`KERAS_BACKEND=torch` (not a backend sonotune runs on)", "torch", ["deploy", *CONFIG],
+                            "tensorflow or jax"),
+    "keras-backend-jax-gradcam": ("`KERAS_BACKEND=jax` with Grad-CAM figures on (the shipped params)", "jax",
+                                  ["finetune", *CONFIG], "gradcam.study_images: 0"),
+    "keras-backend-jax-grid": ("`KERAS_BACKEND=jax` with Grad-CAM on, for the whole grid", "jax",
+                               ["grid", "--engine", "local"], "gradcam.study_images: 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BACKENDS))
+def test_a_backend_that_cannot_run_the_command_is_found_before_any_work(repo, case):
+    fault, backend, args, named = BACKENDS[case]
+    set_params(repo, **{"gradcam.study_images": 2})
+    result = sonotune(repo, *args, env=project_env(KERAS_BACKEND=backend))
+    line = error_line(result, args[0])
+    assert result.returncode == 2 and named in line and f"KERAS_BACKEND={backend}" in line
+    assert not (repo / "runs").exists() and not (repo / ".sonotune").exists() and running(local_statuses(repo)) == []
+    record(case, fault, result, line, "everything; nothing trained", repo)
+
+
+def test_a_ray_cluster_that_does_not_answer_is_found_before_any_work(repo):
+    address = f"127.0.0.1:{free_port()}"
+    prepared = digest_tree(repo / "prepared")
+    result = sonotune(repo, "grid", "--engine", "ray", env=project_env(RAY_ADDRESS=address))
+    line = error_line(result, "grid")
+    assert result.returncode == 2 and f"RAY_ADDRESS={address}" in line and "ray start" in line
+    assert result.seconds < 30 and digest_tree(repo / "prepared") == prepared and "dvc repro" not in result.stdout
+    record("grid-ray-address-refused", "`sonotune grid --engine ray` with a RAY_ADDRESS that refuses", result, line,
+           "everything; no `dvc repro` ran", repo)
+
+
+def test_a_bad_alias_is_named_as_such(repo):
+    result = sonotune(repo, "promote", "sonotune-phantom", "1", "--alias", "bad alias!")
+    line = error_line(result, "promote")
+    assert result.returncode == 2 and "'bad alias!'" in line and "finished folds" not in line
+    assert "MLflow" not in line
+    record("promote-bad-alias", "`sonotune promote --alias \"bad alias!\"`", result, line, "the registry", repo)
+
+
+PORTS = {
+    # case: (fault, command, words of the line)
+    "server-port-out-of-range": ("`sonotune server --port 70000`", ["server", "--store", "store", "--port", "70000"],
+                                 "1 to 65535"),
+    "server-host-unresolvable": ("`sonotune server --host no.such.host.invalid`",
+                                 ["server", "--store", "store", "--host", "no.such.host.invalid"],
+                                 "not an address of this machine"),
+    "serve-port-out-of-range": ("`sonotune serve MODEL --port 70000`", ["serve", "model", "--port", "70000"],
+                                "1 to 65535"),
+    "server-store-is-a-file": ("`sonotune server --store` naming a file", ["server", "--store", "params.yaml"],
+                               "not a folder"),
+    "server-store-in-proc": ("`sonotune server --store /proc/…`", ["server", "--store", "/proc/sonotune-store"],
+                             "no server was started"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PORTS))
+def test_an_address_a_server_cannot_listen_on_is_one_line(repo, case):
+    fault, args, named = PORTS[case]
+    result = sonotune(repo, *args)
+    line = error_line(result, args[0])
+    assert result.returncode == 2 and named in line and "port is in use" not in line
+    assert "another server is using the port" not in line and not (repo / "store").exists()
+    record(case, fault, result, line, "everything; no server started", repo)
+
+
+def test_a_quota_hit_while_writing_outputs_is_one_line_and_keeps_the_old_ones(repo):
+    before = digest_tree(repo / "prepared")
+    started = time.monotonic()
+    done = subprocess.run(["bash", "-c", f"ulimit -f 40; exec {SONOTUNE} prepare --dataset phantom"], cwd=repo,
+                          env=project_env(), capture_output=True, text=True, timeout=600)
+    from tests.faults import Result
+
+    result = Result(["sonotune", "prepare", "--dataset", "phantom"], done.returncode, done.stdout, done.stderr,
+                    time.monotonic() - started)
+    line = error_line(result, "prepare")
+    assert result.returncode == 2 and "cannot write" in line and "ulimit -f" in line
+    assert digest_tree(repo / "prepared") == before and half_written(repo) == []
+    assert not list((repo / "prepared").glob(".*"))
+    record("write-quota-exceeded", "a file-size quota hit while writing outputs (`ulimit -f 40`, 40 KB)", result,
+           line, "the previous prepared/phantom; no staging folder", repo,
+           command="(ulimit -f 40; sonotune prepare --dataset phantom)")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can make a folder unreplaceable (chattr +i)")
+def test_an_output_folder_that_cannot_be_replaced_is_one_line(repo, locked):
+    target = repo / "prepared" / "phantom"
+    before = digest_tree(target)
+    read_only(target)
+    locked.append(target)
+    result = sonotune(repo, "prepare", "--dataset", "phantom")
+    line = error_line(result, "prepare")
+    assert result.returncode == 2 and "cannot replace it" in line and "prepared/phantom" in line
+    assert digest_tree(target) == before and not list((repo / "prepared").glob(".*"))
+    record("output-not-replaceable", "an output folder that cannot be replaced (`chattr +i prepared/phantom`)", result,
+           line, "the previous prepared/phantom; no `.staging` folder left", repo)
+
+
+# ---------------------------------------------------------------------------------------------------- model server
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model, tmp_path_factory) -> Path:
+    """A real deployable model (untrained VGG16 at 32 px, MLP head) saved as an MLflow pyfunc folder."""
+    import mlflow
+
+    from sonotune.serving import ImageModelPyfunc, write_artifacts
+
+    root = tmp_path_factory.mktemp("model")
+    artifacts = write_artifacts(tiny_model, root)
+    mlflow.pyfunc.save_model(root / "model", python_model=ImageModelPyfunc(), artifacts=artifacts)
+    return root / "model"
+
+
+@pytest.fixture(scope="module")
+def model_server(model_dir, tmp_path_factory):
+    """`sonotune serve` on a free 127.0.0.1 port: (url, process, log path); the process group is killed after."""
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    port = free_port()
+    with log.open("w") as out:
+        process = subprocess.Popen([SONOTUNE, "serve", str(model_dir), "--port", str(port)], stdout=out,
+                                   stderr=subprocess.STDOUT, env=project_env(), start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, log)
+        yield url, process, log
+    finally:
+        _kill_group(process)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def invoke(url: str, items: list[str]):
+    """POST one `image` column to /invocations; (HTTP status, JSON answer, seconds)."""
+    import requests
+
+    started = time.monotonic()
+    answer = requests.post(f"{url}/invocations", json={"dataframe_split": {"columns": ["image"],
+                                                                           "data": [[item] for item in items]}},
+                           timeout=60)
+    return answer.status_code, answer.json(), time.monotonic() - started
+
+
+def rss_kib(pid: int) -> int:
+    return sum(int(Path(f"/proc/{p}/status").read_text().split("VmRSS:")[1].split()[0])
+               for p in live_pids_in_group(pid))
+
+
+def served(case: str, fault: str, request: str, status: int, answer: dict, seconds: float, kept: str) -> None:
+    from tests.faults import Result
+
+    assert set(answer) == {"error_code", "message"}, answer
+    assert "Traceback" not in answer["message"] and "File \"" not in answer["message"] and len(answer["message"]) <= 300
+    record(case, fault, Result([], status, "", "", seconds), answer["message"], kept,
+           command=f"POST /invocations {request}")
+
+
+def test_the_model_server_scores_image_bytes(model_server):
+    import base64
+
+    url, _, _ = model_server
+    image = base64.b64encode(png_bytes(Image.fromarray(np.full((40, 50), 90, np.uint8)))).decode()
+    status, answer, _ = invoke(url, [image])
+    assert status == 200 and 0 <= answer["predictions"][0]["probability"] <= 1, answer
+
+
+def test_the_model_server_never_opens_a_path(model_server, model_dir):
+    url, _, _ = model_server
+    existing, missing = str(model_dir / "MLmodel"), str(model_dir / "no-such-file")
+    (status, answer, seconds), (status_missing, answer_missing, _) = invoke(url, [existing]), invoke(url, [missing])
+    assert status == status_missing == 400
+    # the same answer whether the path exists or not: a caller learns nothing about the server's files
+    assert answer["message"].replace(existing, "P") == answer_missing["message"].replace(missing, "P")
+    assert "paths are never opened" in answer["message"]
+    served("serve-path-instead-of-image", "a request naming a server-side file instead of sending an image",
+           '{"image": "<a file of the server>"}', status, {**answer, "message": normalize_path(answer, existing)},
+           seconds, "the server's files: never opened, existing or not")
+
+
+def normalize_path(answer: dict, path: str) -> str:
+    return answer["message"].replace(path, "<a file of the server>")
+
+
+def test_the_model_server_refuses_a_decompression_bomb_before_decoding(model_server):
+    import base64
+
+    url, process, _ = model_server
+    bomb = png_bytes(Image.new("L", (7200, 7200), 0))  # 50 KB that would decode to 52 Mpx
+    before = rss_kib(process.pid)
+    status, answer, seconds = invoke(url, [base64.b64encode(bomb).decode()])
+    assert status == 400 and "decode limit" in answer["message"]
+    assert rss_kib(process.pid) - before < 100_000, "the bomb was decoded"
+    served("serve-decompression-bomb", f"a {len(bomb) // 1000} KB PNG declaring 7200×7200 px", "(base64 PNG)", status,
+           answer, seconds, "the server (the image is refused from its header)")
+
+
+def test_the_model_server_answers_errors_without_a_stack_trace(model_server):
+    import requests
+
+    url, _, log = model_server
+    status, answer, seconds = invoke(url, ["bm90IGFuIGltYWdl"])
+    assert status == 400 and "not an image" in answer["message"]
+    served("serve-not-an-image", "bytes that are not an image", '{"image": "<base64 of text>"}', status, answer,
+           seconds, "the server")
+    started = time.monotonic()
+    broken = requests.post(f"{url}/invocations", data=b"{not json", headers={"Content-Type": "application/json"},
+                           timeout=60)
+    assert broken.status_code == 400 and "stack_trace" not in broken.text and "Traceback" not in broken.text
+    served("serve-body-not-json", "a request body that is not JSON", "{not json", broken.status_code,
+           broken.json(), time.monotonic() - started, "the server; MLflow's stack trace only in the server's log")
+    assert "HTTP 400: " in log.read_text(), "the full error answer goes to the server's log"
+
+
+def _raw_post(url: str, headers: bytes, body_chunks) -> tuple[bytes, float]:
+    """Send a POST by hand (a body larger than the bound, declared or streamed); what the server answered, if
+    anything before closing the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        try:
+            connection.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               + headers + b"Connection: close\r\n\r\n")
+            for chunk in body_chunks:
+                connection.sendall(chunk)
+            connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server stopped reading at the bound and closed the connection
+        try:
+            while chunk := connection.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    return answer, time.monotonic() - started
+
+
+def test_the_model_server_bounds_the_upload(model_server):
+    from tests.faults import Result
+
+    from sonotune.serving import MAX_REQUEST_BYTES
+
+    url, process, log = model_server
+    before = rss_kib(process.pid)
+    answer, seconds = _raw_post(url, f"Content-Length: {200 * 2**20}\r\n".encode(), [b"x" * 2**20] * 4)
+    assert answer.startswith(b"HTTP/1.1 413") and b"REQUEST_TOO_LARGE" in answer, answer[:300]
+    message = answer.split(b"\r\n\r\n", 1)[1].decode()
+    assert rss_kib(process.pid) - before < 50_000 and seconds < 10
+    served("serve-upload-too-large", "a 200 MB upload (declared)", "(200 MB body)", 413,
+           __import__("json").loads(message), seconds, "the server: it never reads the body")
+
+    chunk = b"x" * 2**20
+    chunks = MAX_REQUEST_BYTES // 2**20 + 8
+    streamed = [b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(chunks)] + [b"0\r\n\r\n"]
+    answer, seconds = _raw_post(url, b"Transfer-Encoding: chunked\r\n", streamed)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert "refused a streamed request body" in log.read_text() and rss_kib(process.pid) - before < 100_000
+    line = next(line for line in log.read_text().splitlines() if "refused a streamed request body" in line)
+    record("serve-upload-streamed-too-large", "a 40 MB upload streamed without a length (chunked)",
+           Result([], 413, "", "", seconds), "413 or the connection closed at the bound; the server log: "
+           + re.sub(r"at \d+ bytes", "at <n> bytes", line.split(": ", 1)[1]),
+           "the server: it stops reading at the bound", command="POST /invocations (chunked body)")
+    status, _, _ = invoke(url, ["bm90IGFuIGltYWdl"])
+    assert status == 400 and process.poll() is None, "the server must keep serving after refusing uploads"
+
+
+def test_predict_skips_a_decompression_bomb_and_writes_the_good_rows(repo, model_dir, tmp_path):
+    noise_png(tmp_path / "good.png", 3)
+    Image.new("L", (7200, 7200), 0).save(tmp_path / "bomb.png")
+    out = tmp_path / "predictions.csv"
+    result = sonotune(repo, "predict", str(model_dir), str(tmp_path / "good.png"), str(tmp_path / "bomb.png"),
+                      "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.output, result.output[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sonotune predict: skipped ")]
+    assert len(lines) == 1 and "bomb.png" in lines[0] and "decode limit" in lines[0]
+    assert len(out.read_text().splitlines()) == 2
+    record("predict-decompression-bomb", "`sonotune predict` with a decompression bomb among good images", result,
+           lines[0], "the predictions of the good images (CSV written)", repo)
+
+
+def test_predict_to_an_unwritable_place_stops_before_predicting(repo, model_dir, tmp_path, locked):
+    noise_png(tmp_path / "good.png", 3)
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    read_only(folder)
+    locked.append(folder)
+    result = sonotune(repo, "predict", str(model_dir), str(tmp_path / "good.png"), "--out",
+                      str(folder / "predictions.csv"))
+    line = error_line(result, "predict")
+    assert result.returncode == 2 and "nothing was predicted" in line and "predicting" not in result.stderr
+    assert list(folder.iterdir()) == []
+    record("predict-out-unwritable", "`sonotune predict --out` in a folder that cannot be written", result, line,
+           "everything; checked before the model loads", repo)
+
+
 # ---------------------------------------------------------------------------------------------------- the table
 
 
@@ -741,7 +1095,11 @@ CASES = (
     + sorted(CACHES) + sorted(SIGNALS) + ["sigterm-to-dvc-repro"] + sorted(SERVER_DOWN)
     + ["queue-without-server", "server-lost-mid-stage", "server-hangs-mid-stage", "server-port-in-use",
        "promote-unknown-model", "promote-without-version", "predict-unreadable-image", "predict-unknown-model",
-       "dvc-checkout-force-fresh-clone", "two-dvc-repro-at-once", "dvc-repro-fails"]
+       "dvc-checkout-force-fresh-clone", "two-dvc-repro-at-once", "dvc-repro-fails", "params-duplicate-key"]
+    + sorted(BACKENDS) + ["grid-ray-address-refused", "promote-bad-alias"] + sorted(PORTS)
+    + ["serve-path-instead-of-image", "serve-decompression-bomb", "serve-not-an-image", "serve-body-not-json",
+       "serve-upload-too-large", "serve-upload-streamed-too-large", "predict-decompression-bomb",
+       "predict-out-unwritable", "write-quota-exceeded", "output-not-replaceable"] + list(RESUME_DAMAGE)
 )
 
 

@@ -1,7 +1,7 @@
 """`sonotune <command>`: thin command-line wrappers over the stage functions.
 
 Commands: phantom, prepare, inspect, params, pretrain, finetune, svm, report, strategies, deploy, promote, predict,
-server, queue, grid. Option defaults that stand for a params key come from the params schema (`config.default`).
+serve, server, queue, grid. Option defaults that stand for a params key come from the params schema (`config.default`).
 A user error (bad params, bad data) prints one line to stderr and exits with status 2; so does a tracking store
 that fails mid-stage. SIGTERM and Ctrl-C end a stage the way an error does (open MLflow runs FAILED, finished
 folds kept) with one line and status 128 + signal. No output shows a password of MLFLOW_TRACKING_URI.
@@ -151,6 +151,47 @@ def _require_tracking() -> None:
         _WATCHES.append(watch)
 
 
+SUPPORTED_BACKENDS = ("tensorflow", "jax")
+
+
+def keras_backend_setting() -> str:
+    """The Keras backend the next `import keras` will pick, read without importing it: KERAS_BACKEND, else the
+    `backend` of $KERAS_HOME/keras.json (~/.keras), else tensorflow."""
+    import json
+
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    try:
+        return str(json.loads((home / "keras.json").read_text()).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def _require_backend(gradcam_fix: str | None = None) -> None:
+    """The backend preflight of a command that builds or loads a model: a supported, importable backend, and
+    TensorFlow when the command will draw Grad-CAM (`gradcam_fix` says how to do without it)."""
+    import importlib.util
+
+    backend = keras_backend_setting()
+    if backend not in SUPPORTED_BACKENDS:
+        raise ConfigError(f"KERAS_BACKEND={backend}: sonotune runs on {' or '.join(SUPPORTED_BACKENDS)} "
+                          f"(jax only for finetune.parallel_folds): unset KERAS_BACKEND or set it to tensorflow")
+    if importlib.util.find_spec(backend) is None:
+        raise ConfigError(f"KERAS_BACKEND={backend}: the {backend} package is not installed (pip install {backend}), "
+                          f"or unset KERAS_BACKEND")
+    if gradcam_fix and backend != "tensorflow":
+        raise ConfigError(f"KERAS_BACKEND={backend}: Grad-CAM needs the TensorFlow backend: {gradcam_fix}, or unset "
+                          f"KERAS_BACKEND; nothing was run")
+
+
+def _study_gradcam_fix(params, path: str) -> str | None:
+    """How to run the finetune stage without Grad-CAM, when its params ask for Grad-CAM figures."""
+    if not params.gradcam.study_images:
+        return None
+    return f"set gradcam.study_images: 0 in {path} (it is {params.gradcam.study_images})"
+
+
 def _require_configuration(params, args) -> None:
     """--dataset, --strategy and the stage's output folder checked before anything is trained or logged."""
     from sonotune.config import require_dataset
@@ -171,6 +212,7 @@ def cmd_finetune(args) -> None:
 
     params = load_params(args.params)
     _require_configuration(params, args)
+    _require_backend(_study_gradcam_fix(params, args.params))
     require_writable(RESUME_ROOT, "the finished folds (resume store)")
     from sonotune.stages.finetune import run_finetune  # TensorFlow: after every check that needs none
 
@@ -186,6 +228,7 @@ def cmd_pretrain(args) -> None:
 
     params = load_params(args.params)
     get_spec(args.backbone)  # an unknown backbone: one line, before TensorFlow loads
+    _require_backend()
     from sonotune.stages.pretrain import run_pretrain  # TensorFlow: after every check that needs none
 
     _deterministic()
@@ -204,6 +247,7 @@ def cmd_svm(args) -> None:
 
     params = load_params(args.params)
     _require_configuration(params, args)
+    _require_backend()
     from sonotune.stages.svm import run_svm
 
     summary = run_svm(params, args.dataset, args.backbone, args.strategy)
@@ -232,6 +276,7 @@ def cmd_deploy(args) -> None:
     from sonotune.stages.deploy import deploy
 
     params = load_params(args.params)
+    _require_backend()
     _deterministic()
     result = deploy(params, args.dataset, args.backbone, args.strategy, args.classifier)
     print(f"logged {result['model_uri']}, registered as {result['name']} version {result['version']}; "
@@ -254,6 +299,7 @@ def cmd_predict(args) -> None:
 
     alpha = (load_params(args.params).gradcam if Path(args.params).is_file() else Gradcam()).alpha
     gradcam = Path(args.gradcam) if args.gradcam else None
+    _require_backend("drop --gradcam" if gradcam else None)
     predictions, skipped = run_predict(args.model_uri, args.images, Path(args.out), gradcam, alpha)
     print(f"wrote {len(predictions)} predictions to {args.out}"
           + (f", Grad-CAM overlays to {gradcam}/" if gradcam else "")
@@ -291,15 +337,36 @@ def add_use_parsers(sub) -> None:
     predict.add_argument("--params", default=PARAMS_FILE, help="read gradcam.alpha from here, if the file exists")
     predict.set_defaults(func=cmd_predict)
 
+    serve = sub.add_parser("serve", help="serve a deployed model over HTTP (image bytes only, bounded requests)")
+    serve.add_argument("model_uri", help="models:/NAME@ALIAS, models:/NAME/VERSION, …")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=port_number, default=5001)
+    serve.set_defaults(func=cmd_serve)
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port 1–65535."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: expected a number from 1 to 65535")
+    return int(text)
+
+
+def cmd_serve(args) -> None:
+    from sonotune.stages.serve import serve
+
+    _require_backend()
+    serve(args.model_uri, args.host, args.port)
+
 
 def cmd_server(args) -> None:
     from sonotune import team
 
+    team.require_free_port(args.host, args.port)  # before the store folder is made
     store = Path(args.store)
+    require_writable(store, "the tracking server's store (--store)", "no server was started")
     command = team.server_command(store, args.host, args.port, args.backend_store_uri, args.artifacts_destination,
                                   args.workers, args.basic_auth, args.allowed_hosts)
     os.environ.update(team.server_environment(store, args.basic_auth))
-    team.require_free_port(args.host, args.port)
     if args.host != team.LOOPBACK and not args.basic_auth:
         print(f"warning: listening on {args.host} without authentication: anyone who reaches this port can read and "
               f"delete runs (docs/manual.md: Working as a team → Security)", file=sys.stderr)
@@ -327,11 +394,14 @@ def cmd_queue(args) -> None:
 
 def cmd_grid(args) -> None:
     from sonotune.config import load_params
-    from sonotune.grid_engine import LocalEngine, RayEngine, Resources
+    from sonotune.grid_engine import LocalEngine, RayEngine, Resources, require_ray
     from sonotune.stages import grid
 
     params = load_params(args.params)
     root = Path.cwd()
+    _require_backend(_study_gradcam_fix(params, args.params))  # every check before `dvc repro prepare pretrain`
+    if args.engine == "ray":
+        require_ray(os.environ.get("RAY_ADDRESS"))
     env = grid.forwarded_env() | {"MLFLOW_TRACKING_URI": grid.require_server()}
     scratch = Path(args.scratch) if args.scratch else grid.default_scratch(root)
     # the pretrained backbones are inputs of every finetune job, as the prepared data are
@@ -388,7 +458,7 @@ def add_team_parsers(sub) -> None:
     server.add_argument("--store", default="mlflow-server", help="folder of the SQLite store and artifacts")
     server.add_argument("--host", default=team.LOOPBACK,
                         help="interface to bind (default loopback; put authentication in front before 0.0.0.0)")
-    server.add_argument("--port", type=int, default=team.DEFAULT_PORT)
+    server.add_argument("--port", type=port_number, default=team.DEFAULT_PORT)
     server.add_argument("--backend-store-uri", help="SQLAlchemy URL of the runs' store, e.g. postgresql://… "
                         "(default: SQLite in --store)")
     server.add_argument("--artifacts-destination", help="where the server keeps artifacts, e.g. s3://bucket/mlflow "
@@ -571,13 +641,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         if _server_lost():
             return _fail(args.command, _WATCHES[0].line(), 2)
-        name = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
-        return _fail(args.command, f"interrupted by {name}: open MLflow runs were marked FAILED and finished work is "
-                     f"kept; rerun the same command to resume", 128 + signal.Signals[name].value)
+        return _interrupted(args.command, exc.signal_name if isinstance(exc, Interrupted) else "SIGINT")
     except Exception as exc:
         from sonotune.tracking import failure_line
 
-        line = _WATCHES[0].line() if _server_lost() else failure_line(exc)
+        if _UNWINDING and not _server_lost():  # library code (TensorFlow) turned the signal's Interrupted into this
+            return _interrupted(args.command, _UNWINDING[0])
+
+        line = _WATCHES[0].line() if _server_lost() else (_write_error_line(exc) or failure_line(exc))
         if line is None:
             raise
         return _fail(args.command, line, 2)
@@ -585,6 +656,25 @@ def main(argv: list[str] | None = None) -> int:
         for watch in _WATCHES:
             watch.stop()
     return 0
+
+
+def _write_error_line(exc: Exception) -> str | None:
+    """The one line of a write that failed for lack of room (disk full, quota, `ulimit -f`, read-only disk)."""
+    import errno
+
+    if not isinstance(exc, OSError):
+        return None
+    short_write = exc.errno is None and " requested and " in str(exc)  # numpy's `tofile` on a full disk
+    if not short_write and exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+        return None
+    where = f"{exc.filename}: " if exc.filename else ""
+    return (f"{where}cannot write ({exc.strerror or exc}): free space (or raise the quota or `ulimit -f`) and rerun "
+            "the same command")
+
+
+def _interrupted(command: str, name: str) -> int:
+    return _fail(command, f"interrupted by {name}: open MLflow runs were marked FAILED and finished work is kept; "
+                 f"rerun the same command to resume", 128 + signal.Signals[name].value)
 
 
 def _server_lost() -> bool:

@@ -39,7 +39,7 @@ def mask_credentials(text: str) -> str:
     return _CREDENTIALS.sub(r"\1:***@", text)
 
 
-def require_writable(folder: Path, what: str) -> None:
+def require_writable(folder: Path, what: str, consequence: str = "nothing was trained") -> None:
     """Prove a file can be written in `folder` (or, while it does not exist, in the nearest folder above it,
     where it would be created); else one line naming it. Creates nothing but a deleted temporary file."""
     folder = Path(folder)
@@ -52,5 +52,5 @@ def require_writable(folder: Path, what: str) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         needed = "" if existing == folder else f", needed for {folder}/"
-        raise SonotuneError(f"{existing}/: cannot write {what} there ({reason}{needed}); nothing was trained: "
+        raise SonotuneError(f"{existing}/: cannot write {what} there ({reason}{needed}); {consequence}: "
                             f"make it a writable folder and rerun") from None

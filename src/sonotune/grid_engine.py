@@ -36,6 +36,7 @@ from sonotune.errors import SonotuneError
 
 RESUME_FOLDER = ".sonotune"  # kept across attempts in the working copy (resume.RESUME_ROOT lives there)
 TERM_GRACE_S = 60  # a stage given SIGTERM marks its runs FAILED within seconds; then it is killed
+RAY_CONNECT_TIMEOUT_S = 10  # ray.init retries an address that refuses for many minutes: the preflight does not
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,27 @@ class LocalEngine:
         pass
 
 
+def require_ray(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Preflight of `--engine ray`, before any work: Ray importable, and the cluster RAY_ADDRESS names (if any)
+    accepting a connection within `timeout` seconds; else one line saying what to do."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise SonotuneError("--engine ray needs Ray: pip install 'sonotune[ray]' (or use --engine local); nothing "
+                            "was run")
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or ("timed out" if isinstance(exc, TimeoutError) else str(exc))
+        raise SonotuneError(f"RAY_ADDRESS={address}: no Ray cluster answered within {timeout:.0f} s ({reason}): "
+                            "start it (`ray start --head`), fix RAY_ADDRESS, or unset it to run on a local Ray; "
+                            "nothing was run") from None
+
+
 class RayEngine:
     """Jobs as Ray tasks on the cluster RAY_ADDRESS names, else on a local one of `local_cpus` CPUs."""
 
@@ -249,6 +271,8 @@ class RayEngine:
         self.scratch, self.env, self.resources = scratch, env, resources
         options = {"log_to_driver": False, "configure_logging": True, "logging_level": "ERROR"}
         if not os.environ.get("RAY_ADDRESS"):
+            # a new local Ray of its own, even where `ray start` left a cluster (which refuses num_cpus)
+            options["address"] = "local"
             options["num_cpus"] = local_cpus  # the dashboard starts when ray[default] is installed
             if object_store_mb:
                 options["object_store_memory"] = object_store_mb * 2**20

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sonotune.errors import SonotuneError
+
 RUNS_ROOT = Path("runs")
 REPORTS_ROOT = Path("reports")
 PRETRAIN_ROOT = Path("prepared") / "pretrain"  # the pretrain stage's backbones (finetune.weights can name them)
@@ -33,7 +35,8 @@ def roc_file(dataset: str, backbone: str, strategy: int, classifier: str) -> Pat
 @contextmanager
 def staged_dir(target: Path) -> Iterator[Path]:
     """A fresh `.<name>.staging` folder beside `target` to write into; on success it replaces `target`
-    (one rename), on any error it is removed and `target` is left as it was."""
+    (renames: the old one set aside, the new one moved in, the old one deleted), on any error it is removed and
+    `target` is left as it was; a `target` that cannot be replaced is one line (SonotuneError)."""
     staging = target.with_name(f".{target.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -42,5 +45,20 @@ def staged_dir(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    replaced = target.with_name(f".{target.name}.replaced")
+    shutil.rmtree(replaced, ignore_errors=True)
+    try:
+        if target.exists():
+            target.rename(replaced)
+        try:
+            staging.rename(target)
+        except OSError:
+            if replaced.exists():
+                replaced.rename(target)
+            raise
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SonotuneError(f"{target}/: cannot replace it ({exc.strerror or type(exc).__name__}); it is left as it "
+                            "was and finished work is kept: make it replaceable (permissions, chattr -i, a process "
+                            "holding it) and rerun") from None
+    shutil.rmtree(replaced, ignore_errors=True)

@@ -15,9 +15,12 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from sonotune.errors import SonotuneError
 
 RESUME_ROOT = Path(".sonotune") / "resume"
 
@@ -91,9 +94,20 @@ class FoldStore:
         """Records of the finished folds, by (repeat, fold), in that order."""
         records = {}
         for path in self.root.glob("*fold_*.json"):
-            record = json.loads(path.read_text())
-            records[(int(record.get("repeat", 0)), int(record["fold"]))] = record
+            try:
+                record = json.loads(path.read_text())
+                key = (int(record.get("repeat", 0)), int(record["fold"]))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise self._damaged(path, f"unreadable record: {type(exc).__name__}") from None
+            if not (self.root / f"{_stem(key)}.npz").is_file():
+                raise self._damaged(path, f"{_stem(key)}.npz is missing")
+            records[key] = record
         return dict(sorted(records.items()))
+
+    def _damaged(self, path: Path, why: str) -> SonotuneError:
+        stem = path.name.removesuffix(".json")
+        return SonotuneError(f"{self.root}/{stem}: a damaged finished fold in the resume store ({why}): delete "
+                             f"{self.root}/{stem}.* (that fold trains again) and rerun")
 
     def save_fold(self, key: FoldKey, record: dict, arrays: dict[str, np.ndarray]) -> None:
         """Persist a finished fold: arrays first, then the record that marks it done."""
@@ -104,8 +118,12 @@ class FoldStore:
         _write_atomic(self.root / f"{stem}.json", json.dumps(record | {"repeat": key[0], "fold": key[1]}))
 
     def load_arrays(self, key: FoldKey) -> dict[str, np.ndarray]:
-        with np.load(self.root / f"{_stem(key)}.npz") as data:
-            return {name: data[name] for name in data.files}
+        path = self.root / f"{_stem(key)}.json"
+        try:
+            with np.load(self.root / f"{_stem(key)}.npz") as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise self._damaged(path, f"unreadable arrays: {type(exc).__name__}") from None
 
     def model_path(self, key: FoldKey) -> Path:
         return self.root / f"model_{_stem(key)}.keras"

@@ -77,13 +77,21 @@ def require_free_port(host: str, port: int) -> None:
     fail to bind and still exit 0)."""
     import socket
 
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise SonotuneError(f"--host {host}: not an address of this machine ({getattr(exc, 'strerror', exc)}): "
+                            f"pass 127.0.0.1, 0.0.0.0 or one of this machine's names") from None
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no conflict
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise SonotuneError(f"{host}:{port}: cannot listen there ({exc.strerror or exc}): another server is "
-                                f"using the port? pass --port") from None
+            import errno
+
+            hint = ("another server is using the port? pass --port" if exc.errno == errno.EADDRINUSE
+                    else "is the --host an address of this machine? (127.0.0.1, 0.0.0.0)")
+            raise SonotuneError(f"{host}:{port}: cannot listen there ({exc.strerror or exc}): {hint}") from None
 
 
 def in_queued_copy() -> bool:

@@ -108,7 +108,10 @@ def test_svm_pyfunc_equals_features_then_pipeline(store):
 
     manifest, images = _prepared(store)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}/2")
-    served = pyfunc.predict(pd.DataFrame({"path": manifest["path"]}))
+    from sonotune.serving import read_image_file
+
+    # the model takes image bytes, never a path (it may be served to callers who are not trusted)
+    served = pyfunc.predict(pd.DataFrame({"image": [read_image_file(Path(p)) for p in manifest["path"]]}))
 
     inner = pyfunc.unwrap_python_model().model
     features = feature_model(inner.keras_model).predict(
@@ -201,7 +204,7 @@ def test_mlflow_models_serve_answers_over_http(store):
     import mlflow
 
     path = sorted((store / "prepared/phantom/source/malignant").glob("*.png"))[0]
-    expected = mlflow.pyfunc.load_model(f"models:/{NAME}/1").predict([str(path)])["probability"].iloc[0]
+    expected = mlflow.pyfunc.load_model(f"models:/{NAME}/1").predict([path.read_bytes()])["probability"].iloc[0]
     port = _free_port()
     env = project_env(MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlruns' / 'mlflow.db'}")
     server = subprocess.Popen(

@@ -23,6 +23,7 @@ from sonotune.data.records import (
     class_file_record,
     reason,
     require_dir,
+    special_file_reason,
     visible_files,
 )
 from sonotune.errors import DataError
@@ -58,6 +59,9 @@ def ddti_records(source: DdtiSource, work_dir: Path, seed: int) -> list[Record]:
     records = []
     for path in visible_files(root):
         if path.suffix.lower() == ".xml":
+            continue
+        if special := special_file_reason(path):  # never opened (a FIFO would block)
+            records.append(Record(path, "", path.stem, special))
             continue
         match = IMAGE_NAME.match(path.stem)
         if path.suffix.lower() not in IMAGE_SUFFIXES or not match:

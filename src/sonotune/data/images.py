@@ -23,6 +23,7 @@ from tqdm import tqdm
 from sonotune.errors import DataError
 
 MAX_PIXELS = 50_000_000  # 7071 px square; ultrasound frames are under 1 Mpx, the largest scans ~20 Mpx
+MIN_SIDE = 8  # px: an image with a shorter side is no scan (a 1×1 tracking pixel, an icon, a broken export)
 # Pillow warns above MAX_IMAGE_PIXELS and raises DecompressionBombError above twice that: raise at MAX_PIXELS
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)

@@ -23,9 +23,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from sonotune.data.duplicates import duplicate_clusters, merged_groups, perceptual_hash
-from sonotune.data.images import to_rgb_uint8
+from sonotune.data.images import MIN_SIDE, to_rgb_uint8
 from sonotune.data.records import (
     CORRUPT,
+    TOO_SMALL,
     LABEL_CONFLICT,
     MASK,
     MISSING_FILE,
@@ -68,6 +69,9 @@ def describe_image(path: Path) -> dict:
             rgb = to_rgb_uint8(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         return {"problem": reason(CORRUPT, f"cannot decode ({exc})")}
+    if min(width, height) < MIN_SIDE:
+        return {"problem": reason(TOO_SMALL, f"{width}×{height} px, under {MIN_SIDE} px a side: no scan"),
+                "width": width, "height": height, "mode": mode}
     pixels = np.asarray(rgb)
     grey = rgb.convert("L")
     facts = {

@@ -28,7 +28,9 @@ UNKNOWN_LABEL = "unknown label"
 BAD_ANNOTATION = "unreadable annotation"
 MISSING_ANNOTATION = "missing annotation"
 LABEL_CONFLICT = "label conflict"
-PROBLEMS = (CORRUPT, NOT_IMAGE, MASK, MISSING_FILE, UNKNOWN_LABEL, BAD_ANNOTATION, MISSING_ANNOTATION, LABEL_CONFLICT)
+TOO_SMALL = "too small"
+PROBLEMS = (CORRUPT, NOT_IMAGE, MASK, MISSING_FILE, UNKNOWN_LABEL, BAD_ANNOTATION, MISSING_ANNOTATION, LABEL_CONFLICT,
+            TOO_SMALL)
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,32 @@ def natural_key(path: Path) -> list:
 
 
 def visible_files(folder: Path) -> list[Path]:
-    """Files of a folder in natural order, without hidden files (.DS_Store, ._*) and sub-folders."""
-    return sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")), key=natural_key)
+    """Entries of a folder in natural order, without hidden files (.DS_Store, ._*) and sub-folders; broken
+    symlinks, FIFOs and other special files are kept, so that they are excluded with a reason, not dropped."""
+    return sorted((p for p in folder.iterdir() if not p.is_dir() and not p.name.startswith(".")), key=natural_key)
+
+
+def special_file_reason(path: Path) -> str:
+    """Why a class folder's entry that is not a regular file cannot be read ("" for a regular file). Such a
+    file is never opened: reading a FIFO would block forever."""
+    if path.is_file():
+        return ""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            return reason(MISSING_FILE, "a symlink loop")
+        except OSError as exc:
+            if "loop" in str(exc).lower() or getattr(exc, "errno", None) == 40:
+                return reason(MISSING_FILE, "a symlink loop")
+            return reason(MISSING_FILE, f"a symlink to a missing file ({path.readlink()})")
+    return reason(NOT_IMAGE, "not a regular file (a FIFO, socket or device)")
 
 
 def class_file_record(path: Path, label: str, group: str) -> Record:
-    """A file found in a class folder: an image, or excluded as a mask or a non-image file."""
+    """A file found in a class folder: an image, or excluded as a mask, a non-image or a special file."""
+    if special := special_file_reason(path):
+        return Record(path, label, group, special)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return Record(path, label, group, reason(NOT_IMAGE, f"suffix '{path.suffix}' is not one of "
                                                             f"{', '.join(sorted(IMAGE_SUFFIXES))}"))

@@ -97,12 +97,24 @@ def deploy(params, dataset: str, backbone: str, strategy: int, classifier: str) 
             "version": version, "metrics": metrics}
 
 
+def require_alias(alias: str) -> None:
+    """MLflow's rule for a registry alias (letters, digits, `_`, `-`; not `latest` nor `v<number>`), checked
+    before the registry is asked, so a bad alias is named as such."""
+    import re
+
+    reserved = alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias)
+    if reserved or not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", alias):
+        raise DataError(f"alias {alias!r}: use letters, digits, '_' or '-' (not 'latest' nor v<number>), e.g. "
+                        "--alias champion; nothing was changed")
+
+
 def promote(name: str, version: str | None, alias: str) -> str:
     """Point `alias` at `version` of registered model `name` (default: the version with the best CV AUC tag);
     return the version."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    require_alias(alias)
     tracking.configure()
     client = MlflowClient()
     try:

@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from sonotune import tracking
-from sonotune.errors import DataError
+from sonotune.errors import DataError, require_writable
 from sonotune.vocabulary import PREDICT_SUFFIXES
 
 BATCH = 32
@@ -39,8 +39,9 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return files
 
 
-def load_image_model(uri: str):
-    """The `serving.ImageModel` inside the MLflow model at `uri`; DataError (one line) when there is none."""
+def load_pyfunc(uri: str):
+    """The MLflow pyfunc at `uri`, checked to be a model logged by `sonotune deploy`; DataError (one line) when
+    it cannot be loaded or is another kind of model."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -55,19 +56,25 @@ def load_image_model(uri: str):
         raise DataError(f"{uri}: cannot load the model ({reason[:300]})") from None
     if not isinstance(python_model, ImageModelPyfunc):
         raise DataError(f"{uri}: not a model logged by `sonotune deploy` (it takes raw images)")
-    return python_model.model
+    return pyfunc
+
+
+def load_image_model(uri: str):
+    """The `serving.ImageModel` inside the MLflow model at `uri`."""
+    return load_pyfunc(uri).unwrap_python_model().model
 
 
 def _decode(paths: list[Path], skipped: list[tuple[Path, str]]) -> tuple[list[Path], list[np.ndarray]]:
-    from sonotune.serving import to_rgb_image
+    from sonotune.serving import read_image_file, to_rgb_image
 
     kept, images = [], []
     for path in paths:
         try:
-            images.append(np.asarray(to_rgb_image(path)))
+            images.append(np.asarray(to_rgb_image(read_image_file(path))))
             kept.append(path)
         except DataError as exc:
-            skipped.append((path, str(exc)))
+            reason = str(exc)
+            skipped.append((path, reason if reason.startswith(str(path)) else f"{path}: {reason}"))
     return kept, images
 
 
@@ -103,9 +110,29 @@ def predict_files(model, paths: list[Path], gradcam_dir: Path | None = None, alp
     return pd.concat(frames, ignore_index=True), skipped
 
 
+def write_csv_atomically(frame: pd.DataFrame, out: Path) -> None:
+    """Write `frame` to `out` through a temporary file beside it: a full disk or quota leaves no partial CSV."""
+    import os
+
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(partial, index=False)
+        os.replace(partial, out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"{out}: cannot write the predictions ({exc.strerror or type(exc).__name__}); nothing "
+                        "was written: free space or pass another --out") from None
+
+
 def run_predict(uri: str, inputs: list[str], out: Path, gradcam_dir: Path | None, alpha: float):
     """Validate the inputs, load the model, write the CSV (only when at least one image was scored)."""
-    paths = collect_images(inputs)  # bad paths fail before the (slow) model load
+    paths = collect_images(inputs)  # bad paths and outputs fail before the (slow) model load
+    require_writable(out.parent, "the predictions CSV", "nothing was predicted")
+    if out.is_dir():
+        raise DataError(f"--out {out}: is a folder; name a CSV file")
+    if gradcam_dir is not None:
+        require_writable(gradcam_dir, "Grad-CAM overlays", "nothing was predicted")
     model = load_image_model(uri)
     predictions, skipped = predict_files(model, paths, gradcam_dir, alpha)
     if predictions.empty:
@@ -113,6 +140,5 @@ def run_predict(uri: str, inputs: list[str], out: Path, gradcam_dir: Path | None
             raise DataError(skipped[0][1])
         raise DataError(f"none of the {len(paths)} inputs is a readable image (first: {skipped[0][1]}); "
                         "nothing written")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    predictions.to_csv(out, index=False)
+    write_csv_atomically(predictions, out)
     return predictions, skipped
