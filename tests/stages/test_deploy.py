@@ -85,7 +85,7 @@ def test_predict_through_the_registry_equals_the_models_own_evaluation(store):
 
     run(["sonotune", "promote", NAME, "1"], store)
     out = store / "predictions.csv"
-    result = run(["sonotune", "predict", f"models:/{NAME}@champion", "prepared/phantom/source", "--out", str(out)],
+    result = run(["sonotune", "predict", f"models:/{NAME}@champion", "data/phantom", "--out", str(out)],
                  store)
     assert "wrote 36 predictions" in result.stdout
     predicted = pd.read_csv(out)
@@ -158,8 +158,8 @@ def test_promote_without_version_picks_the_best_cross_validated_auc(store):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["models:/no-such-model@champion", "prepared/phantom/source"], "cannot load the model"),
-    (["runs:/0123456789abcdef/model", "prepared/phantom/source"], "cannot load the model"),
+    (["models:/no-such-model@champion", "data/phantom"], "cannot load the model"),
+    (["runs:/0123456789abcdef/model", "data/phantom"], "cannot load the model"),
     (["models:/sonotune-phantom/1", "params.yaml"], "error: params.yaml: not an image"),
     (["models:/sonotune-phantom/1", "empty_folder"], "no image files in this folder"),
 ])
@@ -174,7 +174,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(store, args, message):
 
 def test_a_mix_of_images_and_broken_files_scores_the_images_and_reports_each_broken_one(store):
     (store / "broken.png").write_bytes(b"truncated")
-    result = run(["sonotune", "predict", f"models:/{NAME}/1", "prepared/phantom/source/benign", "broken.png",
+    result = run(["sonotune", "predict", f"models:/{NAME}/1", "data/phantom/benign", "broken.png",
                   "params.yaml", "--out", "mixed.csv"], store, check=False)
     assert result.returncode == 2
     skipped = [line for line in result.stderr.splitlines() if line.startswith("sonotune predict: skipped")]
@@ -203,7 +203,7 @@ def _post(url: str, payload: dict) -> dict:
 def test_mlflow_models_serve_answers_over_http(store):
     import mlflow
 
-    path = sorted((store / "prepared/phantom/source/malignant").glob("*.png"))[0]
+    path = sorted((store / "data/phantom/malignant").glob("*.png"))[0]
     expected = mlflow.pyfunc.load_model(f"models:/{NAME}/1").predict([path.read_bytes()])["probability"].iloc[0]
     port = _free_port()
     env = project_env(MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlruns' / 'mlflow.db'}")
