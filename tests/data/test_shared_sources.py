@@ -218,7 +218,7 @@ def test_inspect_prints_the_report_and_writes_the_manifest(shared_datasets, tmp_
 def test_inspect_lists_the_grouping_audit(shared_datasets, capsys):
     assert main(["inspect", str(shared_datasets / "ddti"), "--closest", "2"]) == 0
     text = capsys.readouterr().out
-    assert "grouping audit (near duplicates: ≤ 6 bits of 64):" in text
+    assert "grouping audit (near duplicates: ≤ 4 bits of 64):" in text
     assert "  closest pairs in different groups: 2\n    18 bits  127_1.jpg (benign) ~ 230_1.jpg (-)" in text
     assert "  groups spanning several source groups (cases, clips, patients): 2" in text
     assert "    353 + 396: 353_2.jpg ~ 396_1.jpg identical pixels" in text
