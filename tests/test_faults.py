@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -818,6 +819,85 @@ def test_a_ray_cluster_that_does_not_answer_is_found_before_any_work(repo):
            "everything; no `dvc repro` ran", repo)
 
 
+def _kill_processes_naming(marker: str) -> None:
+    """Kill every process whose command line holds `marker` (one Ray cluster's temp dir), never a broad name."""
+    import psutil
+
+    procs = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    family = set(procs) | {child for p in procs for child in p.children(recursive=True)}
+    for process in family:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(family), timeout=15)
+
+
+@pytest.fixture
+def ray_start_head():
+    """A `ray start --head` cluster on 127.0.0.1 that a plain `ray.init()` finds (its address file lies under
+    RAY_TMPDIR, which the test hands to the grid too: other people's Ray on the machine is neither seen nor
+    touched); its processes are killed at the end."""
+    if shutil.which("ray", path=str(BIN)) is None:
+        pytest.skip("Ray is not installed: pip install 'sonotune[ray]'")
+    tmp = tempfile.mkdtemp(prefix="sonotune-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = project_env(RAY_TMPDIR=tmp)
+    env.pop("RAY_ADDRESS", None)
+    ports = ["--port", "--node-manager-port", "--object-manager-port", "--ray-client-server-port",
+             "--dashboard-agent-listen-port", "--metrics-export-port", "--dashboard-agent-grpc-port"]
+    command = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+               "--include-dashboard", "false", "--disable-usage-stats"]
+    for flag in ports:
+        command += [flag, str(free_port())]
+    try:
+        run(command, Path(tmp), env)
+        assert Path(tmp, "ray", "ray_current_cluster").exists()
+        yield env
+    finally:
+        _kill_processes_naming(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_the_grid_runs_on_a_ray_of_its_own_beside_a_ray_start_cluster(repo, ray_start_head, tmp_path):
+    with mlflow_server(tmp_path / "mlflow") as uri:
+        env = ray_start_head | {"MLFLOW_TRACKING_URI": uri}
+        result = sonotune(repo, "grid", "--engine", "ray", "--workers", "1", env=env)
+        statuses = run_statuses(uri)
+    assert "Traceback" not in result.output and "ValueError" not in result.output, result.output[-3000:]
+    assert result.returncode == 0, result.output[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("1 of 1 configuration(s) done") and last.endswith("on ray")
+    assert statuses and running(statuses) == [] and half_written(repo) == []
+    record("grid-ray-start-cluster", "`sonotune grid --engine ray --workers 1` with no RAY_ADDRESS and a "
+           "`ray start` cluster on the machine", result, re.sub(r"done in \d+ s", "done in <n> s", last),
+           "runs on a Ray of its own; the `ray start` cluster is left alone", repo, bound=300)
+
+
+DISK_FULL = {
+    # case: (fault, command line, what must be left untouched)
+    "disk-full-grid": ("`sonotune grid` with too little free disk for the study's outputs",
+                       ["grid", "--engine", "local"], "everything; no `dvc repro` ran"),
+    "disk-full-prepare": ("`sonotune prepare` with too little free disk for the image caches",
+                          ["prepare", "--dataset", "phantom"], "the prepared dataset as it was"),
+    "disk-full-finetune": ("`sonotune finetune` with too little free disk for models and features",
+                           ["finetune", *CONFIG], "everything; nothing trained, no MLflow run"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DISK_FULL))
+def test_too_little_free_disk_is_found_before_any_work(repo, case):
+    """SONOTUNE_FREE_BYTES lowers the free-space reading: a full disk without filling one (a tmpfs needs root)."""
+    fault, args, kept = DISK_FULL[case]
+    prepared = digest_tree(repo / "prepared")
+    result = sonotune(repo, *args, env=project_env(SONOTUNE_FREE_BYTES="1000000"))
+    line = error_line(result, args[0])
+    assert result.returncode == 2 and "need about" in line and "0.00 GB is free" in line and str(repo) in line
+    assert digest_tree(repo / "prepared") == prepared and "dvc repro" not in result.stdout
+    assert not (repo / "runs").exists() and not (repo / ".sonotune").exists() and half_written(repo) == []
+    assert running(local_statuses(repo)) == []
+    record(case, fault, result, line, kept, repo)
+
+
 def test_a_bad_alias_is_named_as_such(repo):
     result = sonotune(repo, "promote", "sonotune-phantom", "1", "--alias", "bad alias!")
     line = error_line(result, "promote")
@@ -1096,7 +1176,8 @@ CASES = (
     + ["queue-without-server", "server-lost-mid-stage", "server-hangs-mid-stage", "server-port-in-use",
        "promote-unknown-model", "promote-without-version", "predict-unreadable-image", "predict-unknown-model",
        "dvc-checkout-force-fresh-clone", "two-dvc-repro-at-once", "dvc-repro-fails", "params-duplicate-key"]
-    + sorted(BACKENDS) + ["grid-ray-address-refused", "promote-bad-alias"] + sorted(PORTS)
+    + sorted(BACKENDS) + ["grid-ray-address-refused", "grid-ray-start-cluster"] + sorted(DISK_FULL)
+    + ["promote-bad-alias"] + sorted(PORTS)
     + ["serve-path-instead-of-image", "serve-decompression-bomb", "serve-not-an-image", "serve-body-not-json",
        "serve-upload-too-large", "serve-upload-streamed-too-large", "predict-decompression-bomb",
        "predict-out-unwritable", "write-quota-exceeded", "output-not-replaceable"] + list(RESUME_DAMAGE)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from sonotune.config import PARAMS_FILE
-from sonotune.errors import ConfigError, Interrupted, SonotuneError, mask_credentials, require_writable
+from sonotune.errors import ConfigError, Interrupted, SonotuneError, mask_credentials, require_space, require_writable
 
 
 def _quiet_tensorflow() -> None:
@@ -195,7 +195,7 @@ def _study_gradcam_fix(params, path: str) -> str | None:
 def _require_configuration(params, args) -> None:
     """--dataset, --strategy and the stage's output folder checked before anything is trained or logged."""
     from sonotune.config import require_dataset
-    from sonotune.layout import config_dir
+    from sonotune.layout import OUTPUT_RESERVE_BYTES, config_dir
     from sonotune.vocabulary import STRATEGIES
 
     require_dataset(params, args.dataset, args.params)
@@ -203,6 +203,8 @@ def _require_configuration(params, args) -> None:
         raise ConfigError(f"--strategy {args.strategy}: expected one of {', '.join(map(str, STRATEGIES))} "
                           f"(% of the last layers left trainable)")
     require_writable(config_dir(args.dataset, args.backbone, args.strategy), "the stage outputs")
+    require_space(config_dir(args.dataset, args.backbone, args.strategy), OUTPUT_RESERVE_BYTES,
+                  "the stage's models, features and reports")
 
 
 def cmd_finetune(args) -> None:
@@ -396,10 +398,12 @@ def cmd_grid(args) -> None:
     from sonotune.config import load_params
     from sonotune.grid_engine import LocalEngine, RayEngine, Resources, require_ray
     from sonotune.stages import grid
+    from sonotune.stages.prepare import output_bytes
 
     params = load_params(args.params)
     root = Path.cwd()
     _require_backend(_study_gradcam_fix(params, args.params))  # every check before `dvc repro prepare pretrain`
+    require_space(root, output_bytes(params, params.study.datasets), "the study's image caches, models and reports")
     if args.engine == "ray":
         require_ray(os.environ.get("RAY_ADDRESS"))
     env = grid.forwarded_env() | {"MLFLOW_TRACKING_URI": grid.require_server()}

@@ -11,6 +11,8 @@ from pathlib import Path
 from sonotune.errors import SonotuneError
 
 RUNS_ROOT = Path("runs")
+OUTPUT_RESERVE_BYTES = 1_000_000_000  # free disk every training preflight asks for (models, features, reports, MLflow
+# artifacts): a clear minimum, not a bound; prepare.output_bytes adds the image caches
 REPORTS_ROOT = Path("reports")
 PRETRAIN_ROOT = Path("prepared") / "pretrain"  # the pretrain stage's backbones (finetune.weights can name them)
 

@@ -247,3 +247,24 @@ def test_cli_phantom_dataset_writes_the_entry_or_names_the_ones_it_can(tmp_path,
     assert main(["phantom", "--dataset", "mendeley"]) == 2
     assert capsys.readouterr().err.strip() == ("sonotune phantom: error: datasets.mendeley: not a phantom entry with "
                                                "a `root` folder (those with one: phantom)")
+
+
+def test_the_disk_estimate_covers_the_image_cache_prepare_writes(dataset, tmp_path):
+    """output_bytes (the disk preflight) is at least the image cache prepare then writes, plus the reserve."""
+    from sonotune.layout import OUTPUT_RESERVE_BYTES
+    from sonotune.stages.prepare import output_bytes
+
+    params = params_for({"set": {"kind": "folder", "root": str(dataset)}})
+    estimate = output_bytes(params, ["set"])
+    prepare_dataset(params, "set", root=tmp_path / "prepared")
+    cache = sum(p.stat().st_size for p in (tmp_path / "prepared" / "set").glob("images_*.npy"))
+    assert OUTPUT_RESERVE_BYTES + cache <= estimate <= OUTPUT_RESERVE_BYTES + 2 * cache
+
+
+def test_too_little_free_disk_stops_prepare_before_it_writes(dataset, tmp_path, monkeypatch):
+    from sonotune.errors import FREE_BYTES_ENV, SonotuneError
+
+    monkeypatch.setenv(FREE_BYTES_ENV, "1000")
+    with pytest.raises(SonotuneError, match=r"need about 1\.00 GB of disk, 0\.00 GB is free"):
+        prepare_dataset(params_for({"set": {"kind": "folder", "root": str(dataset)}}), "set", root=tmp_path / "p")
+    assert not (tmp_path / "p").exists()

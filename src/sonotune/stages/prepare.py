@@ -19,6 +19,11 @@ decodes a file.
 What the stage leaves out is said, never silent: `exclusion_summary` counts the excluded images by reason and
 names the report that lists them; `data.sources.unread_images` names the images a `folder`/`mendeley` source
 never reads (sub-folders of a class folder, class folders missing from `classes:`).
+
+`output_bytes` is the disk-space estimate every preflight checks (`errors.require_space`): the image caches
+exactly (one uint8 byte per pixel and channel, every input size), counting every file under a source's folder
+(every line of a `csv` manifest) as an image (an over-count), rendered phantom images at their raw size (PNG is smaller), plus a fixed
+`OUTPUT_RESERVE_BYTES` for models, features, reports and MLflow artifacts: not a bound, a clear minimum.
 """
 
 from __future__ import annotations
@@ -36,14 +41,37 @@ from sonotune.data.data_report import data_report
 from sonotune.data.manifest import build_manifest, check_study_ready, first_problem, included
 from sonotune.data.prepared import PREPARED_ROOT, image_array_path
 from sonotune.data.sources import collect_records
-from sonotune.errors import DataError, require_writable
-from sonotune.layout import staged_dir
+from sonotune.errors import DataError, require_space, require_writable
+from sonotune.layout import OUTPUT_RESERVE_BYTES, staged_dir
 from sonotune.models.backbones import get_spec
 
 
 def input_sizes(params: Params) -> list[int]:
     """Every square input side the study's backbones need."""
     return sorted({params.finetune.input_size or get_spec(name).native_size for name in params.study.backbones})
+
+
+def _image_count(source) -> tuple[int, int]:
+    """(images the source may hold, of those the ones prepare renders itself) — files counted, not decoded."""
+    if source.kind == "phantom":
+        n = source.n_benign + source.n_malignant
+        return n, 0 if source.root else n
+    if source.kind == "csv":  # one image per row; a manifest that cannot be read is reported by the scan itself
+        manifest = Path(source.manifest)
+        return (sum(1 for _ in manifest.open(errors="replace")) if manifest.is_file() else 0), 0
+    root = Path(source.root)
+    return (sum(1 for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0), 0
+
+
+def output_bytes(params: Params, datasets: list[str]) -> int:
+    """Disk the outputs of `datasets` need: their image caches and rendered images, plus the fixed reserve."""
+    per_image = sum(3 * size * size for size in input_sizes(params))
+    total = OUTPUT_RESERVE_BYTES
+    for name in datasets:
+        source = params.datasets[name]
+        n_images, n_rendered = _image_count(source)
+        total += n_images * per_image + n_rendered * 3 * getattr(source, "image_size", 0) ** 2
+    return total
 
 
 def exclusion_summary(report: dict, dataset: str, root: Path = PREPARED_ROOT) -> str:
@@ -82,6 +110,8 @@ def prepare_dataset(params: Params, dataset: str, root: Path = PREPARED_ROOT, st
         raise DataError(f"datasets.{dataset}: not defined in params (defined: {', '.join(sorted(params.datasets))})")
     source = params.datasets[dataset]
     require_writable(root, "the prepared dataset")
+    require_space(root, output_bytes(params, [dataset]), f"the prepared dataset {dataset} and the models after it",
+                  "nothing was prepared")
     target = root / dataset
     with staged_dir(target) as staging:
         protocol = rules(params.protocol)

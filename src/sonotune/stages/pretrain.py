@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from sonotune import tracking
 from sonotune.config import Params, flatten
-from sonotune.errors import require_writable
-from sonotune.layout import PRETRAIN_ROOT
+from sonotune.errors import require_space, require_writable
+from sonotune.layout import OUTPUT_RESERVE_BYTES, PRETRAIN_ROOT
 from sonotune.models.backbones import check_backbone, get_spec
 from sonotune.models.pretraining import (
     phantom_source,
@@ -70,6 +70,7 @@ def run_pretrain(params: Params, backbone: str, root: Path = PRETRAIN_ROOT) -> d
     size = pretrain_input_size(params, backbone)
     check_backbone(backbone, size, None)  # an unknown backbone or a too-small size stops before any work
     require_writable(root, "the pretrained backbones")
+    require_space(root, OUTPUT_RESERVE_BYTES, "the pretrained backbones")
     started = time.perf_counter()
     if cfg.epochs:
         from tqdm.keras import TqdmCallback
