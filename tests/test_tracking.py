@@ -201,3 +201,41 @@ def test_the_svm_parent_copies_the_finetune_record(tmp_path):
     assert record["tags"]["dataset_digest"] == "d" and record["params"]["finetune.epochs"] == 3
     assert tracking.read_record(tmp_path / "nothing") is None
     assert tracking.derived_fingerprint("f", {"svm.x": 1}) != tracking.derived_fingerprint("f", {"svm.x": 2})
+
+
+PARALLEL_LOGGER = """
+import sys, time
+import pandas as pd
+from sonotune import tracking
+start = float(sys.argv[1])
+manifest = pd.DataFrame({"path": ["a.png", "b.png"], "group": ["1", "2"], "label": ["benign", "malignant"]})
+with tracking.parent_run("toy", "vgg16", int(sys.argv[2]), "mlp", "paper", {}):
+    time.sleep(max(0.0, start - time.time()))
+    tracking.log_dataset(manifest, {"digest": "same-digest"}, "toy")
+"""
+
+
+def test_parallel_jobs_logging_one_dataset_do_not_collide(tmp_path):
+    """Jobs of a grid log the same dataset at once into one server: the store's look-up-then-insert races
+    (`UNIQUE constraint failed: datasets…`); every job must still log it and finish."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.servers import mlflow_server
+    from tests.workspace import project_env
+
+    jobs = 8
+    with mlflow_server(tmp_path / "server") as uri:
+        env = project_env(MLFLOW_TRACKING_URI=uri)
+        tracking_env = {**env, "PYTHONPATH": str(tracking.Path(tracking.__file__).parents[1])}
+        start = time.time() + 20  # every job is connected and inside its run before this instant
+        procs = [subprocess.Popen([sys.executable, "-c", PARALLEL_LOGGER, str(start), str(k)], cwd=tmp_path,
+                                  env=tracking_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for k in range(jobs)]
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0] * jobs, "\n".join(outputs)
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name(tracking.experiment_name("toy")).experiment_id])
+    assert len(runs) == jobs and {r.info.status for r in runs} == {"FINISHED"}
+    assert all([i.dataset.digest for i in r.inputs.dataset_inputs] == ["same-digest"] for r in runs)

@@ -43,6 +43,7 @@ import signal
 import sqlite3
 import subprocess
 import tempfile
+import time
 import threading
 import warnings
 from contextlib import contextmanager
@@ -162,7 +163,7 @@ def ensure_experiment(dataset: str) -> str:
     client = mlflow.MlflowClient()
     for key, value in experiment_tags(dataset).items():
         if experiment.tags.get(key) != value and not (key == NOTE_TAG and key in experiment.tags):
-            client.set_experiment_tag(experiment.experiment_id, key, value)
+            retry_unique_race(lambda: client.set_experiment_tag(experiment.experiment_id, key, value))
     return experiment.experiment_id
 
 
@@ -273,7 +274,31 @@ def log_dataset(manifest, info: dict | None, dataset: str) -> None:
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         data = mlflow.data.from_pandas(manifest[columns].reset_index(drop=True), source=source, targets="label",
                                        name=dataset, digest=digest)
-    mlflow.log_input(data, context="training")
+    retry_unique_race(lambda: mlflow.log_input(data, context="training"))
+
+
+# What SQLite, PostgreSQL and MySQL say when two clients insert the same unique row at once
+UNIQUE_RACE_MARKERS = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
+
+
+def is_unique_race(exc: BaseException) -> bool:
+    """The store refused an insert because another client inserted the same unique row between its look-up and
+    its insert (e.g. two parallel jobs logging one dataset): retrying finds the row and succeeds."""
+    return any(marker in str(exc) for marker in UNIQUE_RACE_MARKERS)
+
+
+def retry_unique_race(call, attempts: int = 5, pause: float = 0.2):
+    """`call()`, retried up to `attempts` times while the store answers with a unique-constraint race
+    (`is_unique_race`); any other error, or the race persisting, is raised."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MlflowException as exc:
+            if not is_unique_race(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(pause * (attempt + 1))
 
 
 def write_record(folder: Path, params: dict, tags: dict) -> Path:
