@@ -9,13 +9,17 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 
 .PHONY: install data demo test bench clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed .dvc/plots_offline.html
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
+
+# the page template `dvc plots show` fills (.dvc/config: plots.html_template), Vega inlined so it renders offline
+.dvc/plots_offline.html: $(VENV)/.installed
+	$(BIN)/sonotune plots-template --out $@
 
 # BASELINE=no: leave dvc.lock uncommitted (by default the demo's dvc.lock is committed, alone, as the baseline that
 # `dvc exp show` and `dvc exp diff` compare experiments against; docs/manual.md, Comparing strategies and experiments)

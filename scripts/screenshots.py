@@ -12,6 +12,8 @@ From the store (`--store`, default `mlruns/mlflow.db`, the demo's) it picks the 
   script waits for the `auc_mean` column, so a view MLflow did not apply fails here);
 - `docs/study_page.png`: the report's study page `reports/index.html`, opened from the file with every network
   request blocked (skipped with a note when the report wrote none);
+- `docs/dvc_plots_offline.png`: the page `dvc plots show` writes (Vega inlined by the template `make install`
+  writes, `sonotune plots-template`), opened with every network request blocked; fails unless every plot is drawn;
 - `docs/auc_by_strategy.png` (the README's figure): the report's cross-strategy figure (`reports/figures/*strateg*.png`), copied as it
   is, or skipped with a note when the report wrote none.
 
@@ -187,21 +189,76 @@ def take_screenshots(base: str, study: Study, out: Path, chromium: str | None, w
     return written
 
 
-def study_page_screenshot(page_file: Path, out: Path, chromium: str | None) -> Path:
-    """The study page as a browser without network shows it (every request but the file itself aborted)."""
+# no network at all: names resolve nowhere, any proxied request goes to a closed port, and (below) every request but
+# the page's own file or data: URLs is aborted and recorded
+OFFLINE_ARGS = ["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9",
+                "--proxy-bypass-list=<-loopback>"]
+# the Vega plot divs of a `dvc plots show` page (image plots hold an <img>), and whether each
+# holds a drawn chart; the wait ends when all do, or when the page has no vega-embed to draw with
+VEGA_DIVS = "[...document.querySelectorAll('body > div[id]')].filter(d => !d.querySelector('img'))"
+DVC_PLOTS_DRAWN = f"() => window.vegaEmbed === undefined || {VEGA_DIVS}.every(d => d.querySelector('svg, canvas'))"
+DVC_PLOTS_COUNT = f"() => {VEGA_DIVS}.map(d => d.querySelector('svg, canvas') !== null)"
+
+
+@contextmanager
+def offline_page(chromium: str | None) -> Iterator[tuple[object, list[str]]]:
+    """A Chromium tab with no network, and the list of the outside URLs it tried (aborted)."""
     from playwright.sync_api import sync_playwright
 
+    outside: list[str] = []
+
+    def block(route):
+        if route.request.url.startswith(("file:", "data:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=chromium, args=OFFLINE_ARGS)
         try:
             page = browser.new_page(viewport=VIEWPORT)
-            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
-                       else route.abort())
-            page.goto(page_file.resolve().as_uri())
-            path = out / "study_page.png"
-            page.screenshot(path=str(path))
+            page.route("**/*", block)
+            yield page, outside
         finally:
             browser.close()
+
+
+def study_page_screenshot(page_file: Path, out: Path, chromium: str | None) -> Path:
+    """The study page as a browser without network shows it."""
+    with offline_page(chromium) as (page, _):
+        page.goto(page_file.resolve().as_uri())
+        path = out / "study_page.png"
+        page.screenshot(path=str(path))
+    return path
+
+
+def dvc_plots_page(repo: Path, out_dir: Path) -> Path:
+    """`dvc plots show -o OUT_DIR` in `repo` (its page template: .dvc/config's `plots.html_template`)."""
+    dvc = Path(sys.executable).with_name("dvc")  # the environment's, also when it is not on PATH
+    subprocess.run([str(dvc) if dvc.is_file() else "dvc", "plots", "show", "-o", str(out_dir)], cwd=repo, check=True,
+                   capture_output=True)
+    return out_dir / "index.html"
+
+
+def drawn_dvc_plots(page, page_file: Path, timeout_ms: int = 30_000) -> list[bool]:
+    """Open a `dvc plots show` page; per plot, whether a chart was drawn (waits until all are, or none can be)."""
+    page.goto(page_file.resolve().as_uri())
+    page.wait_for_function(DVC_PLOTS_DRAWN, timeout=timeout_ms)
+    return page.evaluate(DVC_PLOTS_COUNT)
+
+
+def dvc_plots_screenshot(repo: Path, out: Path, chromium: str | None) -> Path:
+    """`dvc plots show`'s page as a browser without network shows it (docs/dvc_plots_offline.png)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, offline_page(chromium) as (page, _):
+        drawn = drawn_dvc_plots(page, dvc_plots_page(repo, Path(tmp)))
+        if not drawn or not all(drawn):
+            raise SystemExit(f"dvc plots show: {drawn.count(True)} of {len(drawn)} plots drawn offline "
+                             "(the template: `sonotune plots-template`, which make install runs)")
+        path = out / "dvc_plots_offline.png"
+        page.screenshot(path=str(path), full_page=True)
     return path
 
 
@@ -228,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         written.append(study_page_screenshot(args.reports / "index.html", args.out, find_chromium(args.chromium)))
     else:
         print(f"note: no study page {args.reports / 'index.html'} (the report writes it); skipped")
+    if (ROOT / "dvc.lock").is_file():
+        written.append(dvc_plots_screenshot(ROOT, args.out, find_chromium(args.chromium)))
+    else:
+        print("note: no dvc.lock (run the demo first); the DVC plots page skipped")
     figure = cross_strategy_figure(args.reports)
     if figure is None:
         print(f"note: no cross-strategy figure under {args.reports / 'figures'} (the report writes it); skipped")

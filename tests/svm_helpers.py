@@ -43,8 +43,8 @@ class FitRecorder(TransformerMixin, BaseEstimator):
         return x
 
 
-def recording_pipeline(log_file: Path, max_iter: int = 20000, seed: int = 42) -> Pipeline:
-    return Pipeline([("record", FitRecorder(str(log_file)))] + svm_pipeline(max_iter, seed).steps)
+def recording_pipeline(log_file: Path) -> Pipeline:
+    return Pipeline([("record", FitRecorder(str(log_file)))] + svm_pipeline().steps)
 
 
 def fitted_rows(log_file: Path, features: np.ndarray) -> set[int]:

@@ -61,13 +61,11 @@ def test_map_is_zero_when_the_target_does_not_depend_on_the_image(trained_model,
 
 
 def test_svm_target_is_the_pipelines_decision_value(trained_model, phantom_images):
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
+    from sonotune.svm.search import svm_pipeline
 
     x = trained_model.inputs(phantom_images)
     features = feature_model(trained_model.keras_model).predict(x, verbose=0)
-    pipeline = Pipeline([("scale", StandardScaler()), ("svc", LinearSVC())]).fit(features["pooled"], [0, 0, 1, 1])
+    pipeline = svm_pipeline().fit(features["pooled"], [0, 0, 1, 1])
     value = svm_target(pipeline, "pooled")({"pooled": features["pooled"]})
     np.testing.assert_allclose(np.asarray(value), pipeline.decision_function(features["pooled"]), rtol=1e-4, atol=1e-4)
 

@@ -1,7 +1,8 @@
 """`sonotune <command>`: thin command-line wrappers over the stage functions.
 
 Commands: phantom, prepare, inspect, params, pretrain, finetune, svm, report, strategies, deploy, promote, predict,
-serve, server, queue, grid. Option defaults that stand for a params key come from the params schema (`config.default`).
+serve, server, queue, grid, plots-template. Option defaults that stand for a params key come from the params schema
+(`config.default`).
 A user error (bad params, bad data) prints one line to stderr and exits with status 2; so does a tracking store
 that fails mid-stage. SIGTERM and Ctrl-C end a stage the way an error does (open MLflow runs FAILED, finished
 folds kept) with one line and status 128 + signal. No output shows a password of MLFLOW_TRACKING_URI.
@@ -270,6 +271,12 @@ def cmd_strategies(args) -> None:
     from sonotune.models.strategies import strategy_table
 
     print(strategy_table(args.input_size))
+
+
+def cmd_plots_template(args) -> None:
+    from sonotune.offline_plots import write_template
+
+    print(f"{write_template(Path(args.out))}: the page template `dvc plots show` fills (Vega inlined: draws offline)")
 
 
 def cmd_deploy(args) -> None:
@@ -563,6 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     strategies = sub.add_parser("strategies", help="frozen/trainable layer counts per backbone and strategy")
     strategies.add_argument("--input-size", type=int, default=None)
     strategies.set_defaults(func=cmd_strategies)
+    template = sub.add_parser("plots-template", help="write the offline page template `dvc plots show` uses "
+                                                     "(.dvc/config: plots.html_template; make install runs it)")
+    template.add_argument("--out", default=".dvc/plots_offline.html")
+    template.set_defaults(func=cmd_plots_template)
     add_use_parsers(sub)
     return parser
 

@@ -171,8 +171,7 @@ class Svm(Section):
     search: Literal["grid", "optuna"] = "grid"
     c_grid: Annotated[list[PositiveFloat], Field(min_length=1)] = [0.1, 1.0, 10.0, 100.0]
     inner_splits: Annotated[int, Field(ge=2, le=20)] = 5
-    max_iter: PositiveInt = 20000
-    class_weight: ClassWeight = "none"  # balanced: LinearSVC(class_weight='balanced')
+    class_weight: ClassWeight = "none"  # balanced: SVC(class_weight='balanced')
     optuna: SvmOptuna = SvmOptuna()
 
 

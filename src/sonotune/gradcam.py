@@ -76,7 +76,8 @@ def mlp_target(outputs: dict):
 
 
 def svm_target(pipeline, features: str) -> Callable:
-    """The decision value of a fitted StandardScaler → LinearSVC pipeline, as a function of the Keras features."""
+    """The decision value of a fitted `svm_pipeline` (StandardScaler → linear SVC), as a function of the Keras
+    features."""
     import keras
 
     scaler, svc = pipeline.named_steps["scale"], pipeline.named_steps["svc"]

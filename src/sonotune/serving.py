@@ -168,7 +168,7 @@ class ImageModel:
 
     @property
     def pipeline(self):
-        """The fitted scaler → LinearSVC pipeline inside the calibrated SVM (what the decision value comes from)."""
+        """The fitted scaler → linear SVC pipeline inside the calibrated SVM (what the decision value comes from)."""
         return self.svm.calibrated_classifiers_[0].estimator
 
     def inputs(self, images: list) -> np.ndarray:

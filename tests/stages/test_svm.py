@@ -195,7 +195,7 @@ def test_mlflow_parent_fold_and_trial_runs(optuna_run):
 
 def test_no_run_is_left_running_when_the_search_fails(workdir):
     root, _ = workdir
-    bad = svm_pipeline(20000, 0).set_params(svc__loss="not-a-loss")
+    bad = svm_pipeline().set_params(svc__kernel="not-a-kernel")
     with pytest.raises(ValueError):
         run_svm(svm_params(), DATASET, BACKBONE, STRATEGY, estimator=bad)
     assert set(_runs(root)["status"]) == {"FAILED"}

@@ -20,7 +20,7 @@ def test_c_and_inner_auc_are_the_svm_stages_search():
     x, y, groups = _features()
     cfg = Svm(c_grid=[0.001, 0.1, 10.0], inner_splits=3)
     model, c, inner_auc = calibrated_svm(cfg, 7, x, y, groups)
-    search = search_c(cfg, 7, svm_pipeline(cfg.max_iter, 7), x, y, groups, name="deploy", storage=None)
+    search = search_c(cfg, 7, svm_pipeline(), x, y, groups, name="deploy", storage=None)
     assert (c, inner_auc) == (search.best_c, search.inner_auc)
     assert len(model.calibrated_classifiers_) == 1  # ensemble=False: one pipeline, one sigmoid
     pipeline = model.calibrated_classifiers_[0].estimator

@@ -25,7 +25,7 @@ def _data(n: int = 60, seed: int = 0):
 @pytest.mark.parametrize("protocol", ["leakage_free", "paper"])
 def test_fit_and_scored_rows_follow_the_protocol(protocol):
     x, y, groups, folds = _data()
-    result = evaluate_fold(CFG, 0, protocol, svm_pipeline(20000, 0), x, y, groups, folds, 1, "s", None)
+    result = evaluate_fold(CFG, 0, protocol, svm_pipeline(), x, y, groups, folds, 1, "s", None)
     test = np.flatnonzero(folds == 1)
     if rules(protocol).svm_on_all_images:
         assert np.array_equal(result.fit_rows, np.arange(len(y)))
@@ -39,7 +39,7 @@ def test_fit_and_scored_rows_follow_the_protocol(protocol):
 
 def test_the_leakage_free_score_is_the_refitted_pipeline_on_the_test_fold():
     x, y, groups, folds = _data(seed=1)
-    result = evaluate_fold(CFG, 0, "leakage_free", svm_pipeline(20000, 0), x, y, groups, folds, 2, "s", None)
+    result = evaluate_fold(CFG, 0, "leakage_free", svm_pipeline(), x, y, groups, folds, 2, "s", None)
     test = np.flatnonzero(folds == 2)
     np.testing.assert_allclose(result.scores, result.search.estimator.decision_function(x[test]))
 

@@ -4,8 +4,8 @@ Run as `sonotune svm --dataset D --backbone B --strategy S` (or `dvc repro`), af
 for every outer fold k the features of every image computed by fold k's best model (`svm.features`: `pooled`,
 the GlobalMaxPooling output of the backbone, or `dense`, the head's Dense-512 ReLU activations).
 
-The classifier is an sklearn Pipeline, StandardScaler → LinearSVC; scores are its decision function (AUC), a
-score ≥ 0 predicts malignant. C is chosen by `svm.search`:
+The classifier is an sklearn Pipeline, StandardScaler → linear SVM (sklearn SVC, libsvm); scores are its decision
+function (AUC), a score ≥ 0 predicts malignant. C is chosen by `svm.search`:
 - `grid`: GridSearchCV over `svm.c_grid` (the paper's {0.1, 1, 10, 100});
 - `optuna`: a TPE study seeded by `seed`, `svm.optuna.n_trials` trials of log-uniform C in
   [`c_min`, `c_max`], stored in `svm.optuna.storage` (default: SQLite `runs/D/B/S/svm/optuna.db`, created
@@ -215,13 +215,13 @@ def log_pipeline(pipeline, sample: np.ndarray, run) -> None:
 def run_svm(params: Params, dataset: str, backbone: str, strategy: int, estimator=None) -> dict:
     """Run the stage for one configuration; return the summary metrics.
 
-    `estimator`: the pipeline to tune (a Pipeline with a `svc` step); default StandardScaler → LinearSVC.
+    `estimator`: the pipeline to tune (a Pipeline with a `svc` step); default `svm_pipeline`.
     """
     import mlflow
 
     cfg = params.svm
     data = load_finetuned(dataset, backbone, strategy, cfg.features)
-    estimator = estimator if estimator is not None else svm_pipeline(cfg.max_iter, params.seed, cfg.class_weight)
+    estimator = estimator if estimator is not None else svm_pipeline(cfg.class_weight)
     y = data.rows["y"].to_numpy()
     oof = data.rows.assign(C=np.nan, score=np.nan)
     per_fold, chosen_c, tried = [], [], []

@@ -19,7 +19,7 @@ def calibrated_svm(cfg: Svm, seed: int, features: np.ndarray, y: np.ndarray, gro
 
     from sonotune.svm.search import inner_folds, search_c, svm_pipeline
 
-    estimator = svm_pipeline(cfg.max_iter, seed, cfg.class_weight)
+    estimator = svm_pipeline(cfg.class_weight)
     search = search_c(cfg, seed, estimator, features, y, groups, name="deploy", storage=None)
     inner = inner_folds(cfg.inner_splits, seed)
     splits = list(inner.split(features, y, groups))  # precomputed: CalibratedClassifierCV routes no groups

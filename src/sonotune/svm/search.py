@@ -3,7 +3,12 @@
 Pure functions over arrays; nothing here knows about stages, files or MLflow. Both searches fit only the rows
 they are given, score each C by the mean ROC AUC of the same grouped, stratified inner folds, and return the
 pipeline refitted on all given rows with the best C. The estimator is any sklearn Pipeline whose linear SVM
-step is named `svc` (default: `svm_pipeline`, StandardScaler → LinearSVC).
+step is named `svc` (default: `svm_pipeline`, StandardScaler → SVC(kernel="linear")).
+
+Why libsvm's SVC and not liblinear's LinearSVC: with ~100 rows and 512–2048 columns the dual problem has one
+variable per row, so libsvm solves it exactly (to its tolerance) in well under a second, with the textbook linear
+SVM (hinge loss, unpenalised intercept). LinearSVC ran out of its 20 000 iterations on some of the demo's fits (a
+ConvergenceWarning each) and was many times slower: the table in docs/manual.md#ft-svm (benchmarks/svm_solvers.py).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
+from sklearn.svm import SVC
 
 from sonotune.config import Svm
 from sonotune.metrics import METRIC_NAMES, binary_metrics
@@ -36,11 +41,11 @@ class CSearch:
     tried: pd.DataFrame  # SEARCH_COLUMNS, one row per grid value or Optuna trial
 
 
-def svm_pipeline(max_iter: int, seed: int, class_weight: str = "none") -> Pipeline:
-    """StandardScaler → LinearSVC; `class_weight` "balanced" weighs each class by 1 / its frequency."""
+def svm_pipeline(class_weight: str = "none") -> Pipeline:
+    """StandardScaler → linear SVM (libsvm, run to convergence); `class_weight` "balanced" weighs each class by
+    1 / its frequency. Its `coef_` and `intercept_` are the decision function on the standardized features."""
     weights = None if class_weight == "none" else class_weight
-    svc = LinearSVC(max_iter=max_iter, random_state=seed, class_weight=weights)
-    return Pipeline([("scale", StandardScaler()), ("svc", svc)])
+    return Pipeline([("scale", StandardScaler()), ("svc", SVC(kernel="linear", class_weight=weights))])
 
 
 def inner_folds(n_splits: int, seed: int, grouped: bool = True) -> StratifiedGroupKFold | StratifiedKFold:
