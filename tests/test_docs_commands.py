@@ -28,9 +28,14 @@ COVERED = {
     "dvc exp show --only-changed --drop 'Created|runs|prepared|src|.*distinguishable|.*comparisons' --keep '.*_auc$'":
         [("tests/test_e2e.py", 'startswith("dvc exp show")')],
     "dvc exp diff": [("tests/test_e2e.py", '["dvc", "exp", "diff"]')],
-    "sonotune grid --engine ray": [("tests/stages/test_grid.py", '"--engine", "ray"')],
+    "sonotune grid --engine ray": [("tests/stages/test_grid.py", '"grid", "--engine", engine')],
     "sonotune grid --engine local": [("tests/test_faults.py", '"--engine", "local"')],
-    'git add dvc.lock && git commit -m "grid results" && dvc push': [("tests/test_team.py", '"dvc", "push"')],
+    "sonotune grid-job --origin git@git.example.org:team/sonotune.git --commit \"$(git rev-parse HEAD)\" "
+    "--remote s3://team-bucket/sonotune-dvc --name phantom-vgg16-15 --stage finetune@phantom-vgg16-15 "
+    "--stage svm@phantom-vgg16-15 --scratch /tmp/sonotune-grid": [("tests/test_grid_engine.py", '"sonotune", "grid-job"')],
+    'sonotune grid-job --origin ~/sonotune --commit "$COMMIT" --remote /shared/sonotune-dvc --name "$name" '
+    '--stage "finetune@$name" --stage "svm@$name" --scratch "$TMPDIR/sonotune-grid"':
+        [("tests/test_grid_engine.py", '"sonotune", "grid-job"')],
     "sonotune phantom --dataset phantom && dvc commit data.dvc": [
         ("tests/stages/test_prepare.py", '"phantom", "--dataset"'), ("tests/workspace.py", "commit(")],
     "sonotune inspect my_listing.csv --strict": [("tests/data/test_bad_inputs.py", '"--strict"')],
@@ -71,10 +76,15 @@ SKIPPED = {
     "ray start --head --port 6379 --dashboard-host 0.0.0.0 --num-gpus 1": "a Ray head for other machines (GPUs); "
                                                                           "tests/test_faults.py starts a local one",
     "ray start --address head.internal:6379 --num-gpus 4": "joins a Ray cluster on another machine",
-    "export RAY_ADDRESS=head.internal:6379 MLFLOW_TRACKING_URI=http://mlflow.internal:5000":
-        "sets variables naming team hosts that are not here",
-    "sonotune grid --engine ray --scratch /nfs/sonotune-grid --memory-gb 12": "needs a cluster's shared filesystem "
-                                                                              "(/nfs); its options parse (below)",
+    "dvc remote default team": "names the team remote the reader added (manual: A DVC remote); "
+                               "tests/stages/test_grid.py sets its local remote as the default",
+    'git add dvc.lock && git commit -m "grid results"': "plain git",
+    'git commit -am "the study to run"': "plain git",
+    'name=$(sed -n "${SLURM_ARRAY_TASK_ID}p" configurations.txt)': "SLURM job script",
+    "ray job submit --address http://head.internal:8265 --no-wait -- bash -c \"cd /shared/sonotune && "
+    "MLFLOW_TRACKING_URI=http://mlflow.internal:5000 sonotune grid --engine ray --memory-gb 12\"":
+        "needs a Ray cluster's job server (head.internal); tests/stages/test_grid.py runs the grid on a local Ray",
+    "ray job logs --address http://head.internal:8265 --follow <submission id>": "needs a Ray cluster's job server",
     "cp -r ~/Downloads/Dataset_BUSI_with_GT data/busi/": "copies the user's own download",
     'git add data/busi.dvc data/.gitignore && git commit -m "data: BUSI"': "plain git",
     "dvc remote add -d team s3://bucket/sonotune": "needs an S3 bucket; tests/test_data_dvc.py adds a local remote",
@@ -99,7 +109,7 @@ SKIPPED = {
     "sleep 20": "SLURM job script",
     "dvc exp apply phantom-vgg16-15": "NOT RUN by any test: applies an experiment the team queue ran (test_team.py "
                                       "checks those experiments with dvc exp show)",
-    "dvc push --run-cache": "NOT RUN by any test: needs a DVC remote; the team tests push outputs, not the run cache",
+    "dvc push --run-cache": "run by every grid job (grid_engine.job_commands), which tests/stages/test_grid.py runs on a local remote",
     "cd ~/sonotune && sonotune grid --engine ray --scratch /shared/scratch/$USER/sonotune-grid": "SLURM job script",
     "pip install optuna-dashboard": "an optional tool, not a dependency; needs the package index",
     "optuna-dashboard sqlite:////srv/sonotune/optuna.db": "an optional tool (not installed) serving a shared study",
@@ -144,10 +154,12 @@ def test_a_covered_command_is_called_by_its_test(command):
 def test_every_sonotune_command_shown_parses():
     parser = build_parser()
     for command in shown_commands():
-        for part in command.split("&&"):
-            words = shlex.split(part)
-            if words and words[0] == "sonotune":
-                parser.parse_args(words[1:])  # SystemExit on an unknown option
+        words = shlex.split(command)  # before splitting at `&&`: a quoted `bash -c "… && …"` stays one word
+        starts = [0] + [i + 1 for i, word in enumerate(words) if word == "&&"]
+        for start in starts:
+            if words[start:start + 1] == ["sonotune"]:
+                part = words[start + 1:]
+                parser.parse_args(part[:part.index("&&")] if "&&" in part else part)  # SystemExit: unknown option
 
 
 def test_the_folder_commands_run(tmp_path, shared_datasets):

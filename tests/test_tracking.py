@@ -21,11 +21,11 @@ def store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exported it
 
 
-def _crashed_parent(fingerprint: str, n_children: int = 1) -> tuple[str, list[str]]:
-    """A parent and children left RUNNING, as after kill -9 (runs started, never ended)."""
+def _crashed_parent(fingerprint: str, n_children: int = 1, user: str | None = None) -> tuple[str, list[str]]:
+    """A parent and children left RUNNING, as after kill -9 (runs started, never ended), by `user` (default: us)."""
     client = MlflowClient(tracking.configure())
     experiment_id = tracking.ensure_experiment("toy")
-    tags = {tracking.FINGERPRINT_TAG: fingerprint, "fold": "all"}
+    tags = {tracking.FINGERPRINT_TAG: fingerprint, "fold": "all", "mlflow.user": user or tracking._mlflow_user()}
     parent = client.create_run(experiment_id, tags=tags)
     children = [
         client.create_run(experiment_id, tags=tags | {"fold": str(k), "mlflow.parentRunId": parent.info.run_id})
@@ -70,10 +70,12 @@ def test_stale_runs_of_the_same_configuration_are_failed(store):
     stale, stale_children = _crashed_parent("same", n_children=2)
     other, _ = _crashed_parent("other")
     keep, _ = _crashed_parent("same", n_children=0)
+    teammates, _ = _crashed_parent("same", n_children=0, user="a-teammate")
     failed = tracking.fail_stale_runs("toy", "same", keep=keep)
     assert sorted(failed) == sorted([stale, *stale_children])
     client = MlflowClient()
     assert client.get_run(stale).info.status == "FAILED"
+    assert client.get_run(teammates).info.status == "RUNNING"  # maybe alive on another machine: not ours to end
     assert client.get_run(other).info.status == "RUNNING"  # another configuration (or a live process)
     assert client.get_run(keep).info.status == "RUNNING"
 

@@ -1,8 +1,8 @@
 """`sonotune <command>`: thin command-line wrappers over the stage functions.
 
 Commands: phantom, prepare, inspect, params, pretrain, finetune, svm, report, strategies, deploy, promote, predict,
-serve, server, queue, grid, plots-template. Option defaults that stand for a params key come from the params schema
-(`config.default`).
+serve, server, queue, grid, grid-job, plots-template. Option defaults that stand for a params key come from the
+params schema (`config.default`).
 A user error (bad params, bad data) prints one line to stderr and exits with status 2; so does a tracking store
 that fails mid-stage. SIGTERM and Ctrl-C end a stage the way an error does (open MLflow runs FAILED, finished
 folds kept) with one line and status 128 + signal. No output shows a password of MLFLOW_TRACKING_URI.
@@ -414,43 +414,55 @@ def cmd_grid(args) -> None:
     if args.engine == "ray":
         require_ray(os.environ.get("RAY_ADDRESS"))
     env = grid.forwarded_env() | {"MLFLOW_TRACKING_URI": grid.require_server()}
-    scratch = Path(args.scratch) if args.scratch else grid.default_scratch(root)
+    grid.require_committed(root)
+    remote = grid.default_remote(root)
+    scratch = Path(args.scratch) if args.scratch else grid.default_scratch()
     # the pretrained backbones are inputs of every finetune job, as the prepared data are
     print("preparing the data and the pretrained backbones on this machine (dvc repro prepare pretrain)", flush=True)
-    grid.dvc(["repro", "--quiet", "prepare", "pretrain"], root, capture=False)
+    grid.prepare_inputs(root, remote, args.lock_wait)
     if args.engine == "ray":
         resources = Resources(args.cpus, args.gpus, args.memory_gb, args.max_retries)
-        engine = RayEngine(scratch, env, resources, args.workers * args.cpus if args.workers else None,
-                           args.object_store_mb)
+        engine = RayEngine(scratch, env, resources, args.workers * args.cpus if args.workers else None)
     else:
         engine = LocalEngine(scratch, env)
     try:
         if getattr(engine, "dashboard_url", None):
             print(f"Ray dashboard: http://{engine.dashboard_url}", flush=True)
-        results, seconds = grid.run_grid(params, engine, root)
+        results, seconds = grid.run_grid(params, engine, root, remote, args.claim_hours * 3600, args.lock_wait)
     finally:
         engine.shutdown()
     failed = [r for r in results if not r.ok]
     if not failed:
         print("the report, on this machine (dvc repro report)", flush=True)
-        grid.dvc(["repro", "--quiet", "report"], root, capture=False)
+        grid.dvc(["repro", "--quiet", "report"], root, args.lock_wait)
     if results:
         print(grid.results_table(results))
     print(f"{len(results) - len(failed)} of {len(results)} configuration(s) done in {seconds:.0f} s on {args.engine}"
           if results else "every configuration was up to date")
     if failed:
         raise SonotuneError(f"{len(failed)} configuration(s) failed ({', '.join(r.name for r in failed)}): fix and "
-                            f"rerun `sonotune grid` (the report waits for them)")
+                            f"rerun `sonotune grid` (the others are restored; the report waits for them)")
+
+
+def cmd_grid_job(args) -> None:
+    from sonotune.grid_engine import Job, run_job
+    from sonotune.stages.grid import default_scratch, forwarded_env
+
+    job = Job(args.name, tuple(args.stage), args.commit, args.origin, args.remote)
+    result = run_job(job, args.scratch or str(default_scratch()), forwarded_env())
+    if not result.ok:
+        raise SonotuneError(f"{job.name}: {result.line}")
+    print(f"{job.name}: done in {result.seconds:.0f} s on {result.host}; pushed to {job.remote}")
 
 
 def add_grid_parser(sub) -> None:
-    grid = sub.add_parser("grid", help="run the out-of-date configurations of the study as Ray tasks (or here), "
-                          "recorded in dvc.lock")
+    grid = sub.add_parser("grid", help="run the out-of-date configurations of the study as jobs on Ray workers (or "
+                          "here) that run DVC; restored here from DVC's run cache")
     grid.add_argument("--params", default=PARAMS_FILE)
     grid.add_argument("--engine", choices=("local", "ray"), default="local",
                       help="ray: tasks on the cluster RAY_ADDRESS names (else a local one); local: one by one here")
-    grid.add_argument("--scratch", help="folder of the jobs' working copies and resume stores; on a cluster, a path "
-                      "every node sees (default: a folder in the temp dir)")
+    grid.add_argument("--scratch", help="folder of the jobs' clones and resume stores on each worker; a path every "
+                      "node sees lets a retry resume anywhere (default: sonotune-grid in each node's temp folder)")
     grid.add_argument("--workers", type=int, default=0,
                       help="local Ray cluster only: jobs at once (default: one per CPU / --cpus)")
     grid.add_argument("--cpus", type=float, default=1.0, help="CPUs per job (default 1)")
@@ -458,8 +470,20 @@ def add_grid_parser(sub) -> None:
                       help="GPUs per job (default: 1 when the cluster has GPUs, else 0)")
     grid.add_argument("--memory-gb", type=float, default=None, help="memory per job, for Ray's scheduling")
     grid.add_argument("--max-retries", type=int, default=3, help="retries of a job whose worker or node died")
-    grid.add_argument("--object-store-mb", type=int, default=None, help="local Ray cluster only: object store size")
+    grid.add_argument("--claim-hours", type=float, default=12.0,
+                      help="a claim on a configuration expires after this long (a crashed grid's; default 12)")
+    grid.add_argument("--lock-wait", type=float, default=300.0,
+                      help="seconds to wait while another DVC command holds the workspace's lock (default 300)")
     grid.set_defaults(func=cmd_grid)
+    job = sub.add_parser("grid-job", help="one grid job, as a SLURM or Kubernetes job runs it: clone ORIGIN at "
+                         "COMMIT, dvc repro --pull the stages, dvc push --run-cache")
+    job.add_argument("--origin", required=True, help="the git repository (path or URL) holding COMMIT")
+    job.add_argument("--commit", required=True)
+    job.add_argument("--remote", required=True, help="the DVC remote to pull from and push to")
+    job.add_argument("--name", required=True, help="the configuration, e.g. phantom-vgg16-0")
+    job.add_argument("--stage", action="append", required=True, help="a stage to reproduce (repeat)")
+    job.add_argument("--scratch", help="folder of the job's clone (default: sonotune-grid in the temp folder)")
+    job.set_defaults(func=cmd_grid_job)
 
 
 def add_team_parsers(sub) -> None:

@@ -1,15 +1,17 @@
-"""Running jobs of pipeline stages away from the workspace: in this process (`local`) or as Ray tasks (`ray`).
+"""A grid job and where it runs: in this process (`local`) or as Ray tasks (`ray`). Workers run DVC; Ray only schedules.
 
-A `Job` is one configuration's stages (their commands and outputs, as dvc.yaml declares them) plus the inputs
-they read, packed by the driver into a tar archive (`pack`). `run_job` is what a worker does with it:
-1. lock `<scratch>/<job>.lock` (a retry waits there until a previous attempt's commands have exited),
-2. unpack the inputs into the working copy `<scratch>/<job>/`, keeping its `.sonotune/` (the resume store of
-   finished folds: a retry on a node that sees the same scratch path resumes instead of starting over),
-3. run the stage commands there in their own process group (the shipped `src/` first on PYTHONPATH, so the
-   code that runs is the code DVC hashes), which dies with the worker (PR_SET_PDEATHSIG: SIGTERM, on which
-   a stage marks its MLflow runs FAILED and keeps its finished folds),
-4. return the stages' outputs packed as bytes, or one line saying why it failed.
-The worker never touches the driver's workspace: the driver unpacks the outputs and records them (DVC).
+A `Job` is one configuration's stages at one git commit. `run_job` is all a worker does, and all a SLURM or
+Kubernetes job would do (`sonotune grid-job --origin REPO --commit C --remote URL --stage S …`):
+1. lock `<scratch>/<commit>-<job>.lock` (a retry waits there until a previous attempt's commands have exited),
+2. clone the driver's repository pinned to the commit into `<scratch>/<commit>-<job>/` (a retry reuses the clone,
+   cleaned but for `.sonotune/`, the resume store of finished folds), with the team's DVC remote as its default,
+3. `dvc repro --pull <stages>`: upstream stages (prepare, pretrain) and the data are restored from the remote and
+   its run cache, the configuration's own stages are computed (their MLflow runs carry the commit: a real checkout),
+4. `dvc push --run-cache`: the outputs and the run-cache entries go to the remote, where the driver's `dvc pull
+   --run-cache` and `dvc repro` find them and restore them without running anything,
+5. remove the clone (inside the lock), or return one line saying why the job failed.
+The stage commands run in their own process group, which dies with the worker (PR_SET_PDEATHSIG: SIGTERM, on which
+a stage marks its MLflow runs FAILED and keeps its finished folds).
 
 Ray is imported only by `RayEngine` (the optional extra `sonotune[ray]`). Ray retries a task whose worker or
 node died (`max_retries`); a job failing for its own reason returns a failed `JobResult` and is not retried.
@@ -18,15 +20,12 @@ node died (`max_retries`); a job failing for its own reason returns a failed `Jo
 from __future__ import annotations
 
 import fcntl
-import io
 import os
-import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,31 +33,28 @@ from typing import Callable, Iterator
 
 from sonotune.errors import SonotuneError
 
-RESUME_FOLDER = ".sonotune"  # kept across attempts in the working copy (resume.RESUME_ROOT lives there)
+RESUME_FOLDER = ".sonotune"  # kept across attempts in the clone (resume.RESUME_ROOT lives there)
+GRID_REMOTE = "sonotune-grid"  # the remote's name in each clone's .dvc/config.local
 TERM_GRACE_S = 60  # a stage given SIGTERM marks its runs FAILED within seconds; then it is killed
 RAY_CONNECT_TIMEOUT_S = 10  # ray.init retries an address that refuses for many minutes: the preflight does not
-
-
-@dataclass(frozen=True)
-class StageRun:
-    """One DVC stage as a worker runs it: its name, command and declared outputs (paths relative to the root)."""
-
-    name: str
-    cmd: str
-    outs: tuple[str, ...]
+# each command runs under a shell that, given SIGTERM (the worker died: PR_SET_PDEATHSIG), passes it to its whole
+# process group — DVC and the stage it started, which the signal would otherwise not reach — and waits for them
+GROUP_TERM = 'trap "trap \'\' TERM; kill -TERM 0; wait; exit 143" TERM; "$@" & wait $!'
 
 
 @dataclass(frozen=True)
 class Job:
-    """A configuration's stages, run in order in one working copy."""
+    """A configuration's stages (`finetune@…`, `svm@…`), reproduced in a clone of `origin` at `commit`."""
 
     name: str
-    stages: tuple[StageRun, ...]
-    inputs: tuple[str, ...]  # paths packed into the job's input archive
+    stages: tuple[str, ...]
+    commit: str
+    origin: str  # the driver's git repository (a path the workers see, or a URL)
+    remote: str  # the DVC remote the workers pull from and push to (a URL or a directory)
 
     @property
-    def outs(self) -> list[str]:
-        return [out for stage in self.stages for out in stage.outs]
+    def folder(self) -> str:
+        return f"{self.commit[:12]}-{self.name}"
 
 
 @dataclass
@@ -68,29 +64,19 @@ class JobResult:
     line: str = ""  # why it failed, in one line
     host: str = ""
     seconds: float = 0.0
-    outputs: bytes = b""  # tar of the job's outputs
     attempts: int = 1
     pid: int = 0
 
 
-def pack(root: Path, paths: list[str] | tuple[str, ...]) -> bytes:
-    """A tar (uncompressed: the prepared caches are already compressed arrays) of `paths` under `root`."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in paths:
-            if (root / path).exists():
-                tar.add(root / path, arcname=path)
-    return buffer.getvalue()
-
-
-def unpack(data: bytes, dest: Path) -> list[str]:
-    """Extract a `pack` archive into `dest`; the top-level paths it held."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if not data:
-        return []
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        tar.extractall(dest, filter="data")
-        return sorted({member.name for member in tar.getmembers()})
+def job_commands(job: Job) -> list[list[str]]:
+    """What a worker runs in its clone, in order (see the module docstring)."""
+    return [
+        ["git", "checkout", "--quiet", "--force", "--detach", job.commit],
+        ["git", "clean", "-q", "-ffdx", "--exclude", RESUME_FOLDER],
+        ["dvc", "remote", "add", "--local", "--default", "--force", GRID_REMOTE, job.remote],
+        ["dvc", "repro", "--pull", *job.stages],
+        ["dvc", "push", "--run-cache", "--quiet", *job.stages],
+    ]
 
 
 def _die_with_parent() -> None:
@@ -102,14 +88,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def _argv(cmd: str) -> list[str]:
-    """A plain command runs as itself, so that the signal on the worker's death reaches the stage (through a
-    shell it would only reach the shell); a command using the shell's syntax runs through `sh -c`."""
-    if any(char in cmd for char in "|&;<>()$`\\\"'*?[]#~=%{}\n"):
-        return ["/bin/sh", "-c", cmd]
-    return shlex.split(cmd)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -137,68 +115,70 @@ def _wait(process: subprocess.Popen) -> int:
 
 
 def _why(log: Path, offset: int) -> str:
-    """The failed command's error line (sonotune prints one), else the last line it printed."""
+    """The stage's own error line (sonotune prints one), else DVC's, else the last line the command printed."""
     with log.open("rb") as stream:
         stream.seek(offset)
         text = stream.read().decode(errors="replace")
     lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    own = [line for line in lines if line.startswith("sonotune ") and ": error: " in line]
     errors = [line for line in lines if "error" in line.lower()]
-    return (errors or lines or ["no output"])[-1][-400:]
-
-
-def _clean_copy(copy: Path) -> None:
-    """Empty the working copy but its resume store (outputs of a killed attempt are not to be trusted)."""
-    if not copy.exists():
-        return
-    for entry in copy.iterdir():
-        if entry.name != RESUME_FOLDER:
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    return (own or errors or lines or ["no output"])[-1][-400:]
 
 
 def worker_env(copy: Path, env: dict[str, str]) -> dict[str, str]:
-    """The stage commands' environment: the worker's, the driver's tracking settings, the shipped code first."""
+    """The commands' environment: the worker's, the driver's tracking settings, this interpreter's tools first and
+    the clone's `src/` first on PYTHONPATH (the code that runs is the commit's, the code dvc.lock hashes)."""
     merged = dict(os.environ) | env
     merged["PYTHONPATH"] = os.pathsep.join(filter(None, [str(copy / "src"), os.environ.get("PYTHONPATH")]))
     merged["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), merged.get("PATH", "")])
     return merged
 
 
-def run_job(job: Job, inputs: bytes, scratch: str, env: dict[str, str]) -> JobResult:
-    """Run `job` in `<scratch>/<job.name>/` (see the module docstring); never raises for the job's own failure."""
-    started = time.monotonic()
+def _clone(job: Job, copy: Path) -> None:
+    """A clone of the driver's repository (kept by a retry: its resume store resumes the finished folds)."""
+    if not (copy / ".git").exists():
+        copy.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "init", "-q", str(copy)], check=True)
+    subprocess.run(["git", "-C", str(copy), "fetch", "-q", job.origin, job.commit], check=True,
+                   capture_output=True, text=True)
+
+
+def run_job(job: Job, scratch: str, env: dict[str, str]) -> JobResult:
+    """Run `job` in `<scratch>/<job.folder>/` (see the module docstring); never raises for the job's own failure."""
+    started, host = time.monotonic(), socket.gethostname()
     scratch_dir = Path(scratch)
     scratch_dir.mkdir(parents=True, exist_ok=True)
-    copy = scratch_dir / job.name
-    host = socket.gethostname()
-    with open(scratch_dir / f"{job.name}.lock", "w") as lock:
+    copy = scratch_dir / job.folder
+
+    def failed(line: str) -> JobResult:
+        return JobResult(job.name, False, line, host, time.monotonic() - started, pid=os.getpid())
+
+    with open(scratch_dir / f"{job.folder}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held by the commands too (inherited): a killed worker's child first ends
-        _clean_copy(copy)
-        unpack(inputs, copy)
+        try:
+            _clone(job, copy)
+        except subprocess.CalledProcessError as exc:
+            return failed(f"git could not fetch commit {job.commit[:12]} from {job.origin}: "
+                          f"{(exc.stderr or '').strip().splitlines()[-1:] or exc}")
         log = copy / RESUME_FOLDER / "grid.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        for stage in job.stages:
+        for argv in job_commands(job):
             with log.open("a") as out:
-                out.write(f"$ {stage.cmd}\n")
+                out.write(f"$ {' '.join(argv)}\n")
                 out.flush()
                 offset = out.tell()
-                process = subprocess.Popen(_argv(stage.cmd), cwd=copy, env=worker_env(copy, env), stdout=out,
-                                           stderr=subprocess.STDOUT, pass_fds=(lock.fileno(),),
-                                           preexec_fn=_die_with_parent)
+                process = subprocess.Popen(["/bin/sh", "-c", GROUP_TERM, "sh", *argv], cwd=copy,
+                                           env=worker_env(copy, env), stdout=out, stderr=subprocess.STDOUT,
+                                           pass_fds=(lock.fileno(),), preexec_fn=_die_with_parent)
                 try:
                     code = _wait(process)
                 except BaseException:  # the task was cancelled (Ctrl-C on the driver): end the stage cleanly
                     _stop(process)
                     raise
             if code != 0:
-                line = f"{stage.name} exited {code}: {_why(log, offset)} (log: {host}:{log})"
-                return JobResult(job.name, False, line, host, time.monotonic() - started, pid=os.getpid())
-        missing = [out for out in job.outs if not (copy / out).exists()]
-        if missing:
-            return JobResult(job.name, False, f"outputs not written: {', '.join(missing)}", host,
-                             time.monotonic() - started, pid=os.getpid())
-        outputs = pack(copy, job.outs)
-    shutil.rmtree(copy, ignore_errors=True)
-    return JobResult(job.name, True, "", host, time.monotonic() - started, outputs, pid=os.getpid())
+                return failed(f"`{' '.join(argv[:3])} …` exited {code}: {_why(log, offset)} (log: {host}:{log})")
+        shutil.rmtree(copy, ignore_errors=True)  # inside the lock: a second attempt of this job clones afresh
+    return JobResult(job.name, True, "", host, time.monotonic() - started, pid=os.getpid())
 
 
 @dataclass
@@ -220,10 +200,10 @@ class LocalEngine:
     def __init__(self, scratch: Path, env: dict[str, str]):
         self.scratch, self.env = scratch, env
 
-    def run(self, jobs: list[tuple[Job, bytes]], on_start: Callable[[str], None]) -> Iterator[JobResult]:
-        for job, inputs in jobs:
+    def run(self, jobs: list[Job], on_start: Callable[[str], None]) -> Iterator[JobResult]:
+        for job in jobs:
             on_start(job.name)
-            yield run_job(job, inputs, str(self.scratch), self.env)
+            yield run_job(job, str(self.scratch), self.env)
 
     def running(self) -> int:
         return 0
@@ -261,8 +241,7 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, scratch: Path, env: dict[str, str], resources: Resources, local_cpus: int | None = None,
-                 object_store_mb: int | None = None):
+    def __init__(self, scratch: Path, env: dict[str, str], resources: Resources, local_cpus: int | None = None):
         try:
             import ray
         except ImportError:
@@ -274,8 +253,7 @@ class RayEngine:
             # a new local Ray of its own, even where `ray start` left a cluster (which refuses num_cpus)
             options["address"] = "local"
             options["num_cpus"] = local_cpus  # the dashboard starts when ray[default] is installed
-            if object_store_mb:
-                options["object_store_memory"] = object_store_mb * 2**20
+            options["object_store_memory"] = 80 * 2**20  # jobs pass a few names, never data: the minimum
         context = ray.init(**options)
         self.dashboard_url = getattr(context, "dashboard_url", None) or None
         self.gpus = resources.gpus if resources.gpus is not None else (
@@ -290,13 +268,11 @@ class RayEngine:
             options["memory"] = int(self.resources.memory_gb * 2**30)
         return options
 
-    def run(self, jobs: list[tuple[Job, bytes]], on_start: Callable[[str], None]) -> Iterator[JobResult]:
+    def run(self, jobs: list[Job], on_start: Callable[[str], None]) -> Iterator[JobResult]:
         ray = self.ray
         remote = ray.remote(_ray_job).options(**self._task_options())
-        shared: dict[int, object] = {}
-        for job, inputs in jobs:
-            ref = shared.setdefault(id(inputs), ray.put(inputs))  # one copy per distinct input archive
-            self.pending[remote.remote(job, ref, str(self.scratch), self.env, self.board)] = job
+        for job in jobs:
+            self.pending[remote.remote(job, str(self.scratch), self.env, self.board)] = job
         seen: set[str] = set()
         while self.pending:
             done, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
@@ -330,11 +306,11 @@ class RayEngine:
         self.ray.shutdown()
 
 
-def _ray_job(job: Job, inputs: bytes, scratch: str, env: dict[str, str], board) -> JobResult:
+def _ray_job(job: Job, scratch: str, env: dict[str, str], board) -> JobResult:
     """The Ray task: note the attempt on the board, run the job, mark it ended."""
     board.start.remote(job.name, socket.gethostname(), os.getpid())
     try:
-        return run_job(job, inputs, scratch, env)
+        return run_job(job, scratch, env)
     finally:
         board.end.remote(job.name)
 

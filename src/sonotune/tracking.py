@@ -353,19 +353,31 @@ def _fail(client, run) -> None:
 
 
 def fail_stale_runs(dataset: str, fingerprint: str, keep: str | None) -> list[str]:
-    """Mark every RUNNING run tagged with `fingerprint` but `keep` FAILED (a crashed earlier attempt)."""
+    """Mark every RUNNING run of this user tagged with `fingerprint` but `keep` FAILED (a crashed earlier attempt;
+    a teammate's run of the same configuration may be alive: never touched)."""
     from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_USER
 
     configure()
     client = MlflowClient()
+    user = _mlflow_user().replace("'", "\\'")
     stale = client.search_runs(
         [ensure_experiment(dataset)],
-        filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}' and attributes.status = 'RUNNING'",
+        filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}' and attributes.status = 'RUNNING' "
+                      f"and tags.`{MLFLOW_USER}` = '{user}'",
     )
     stale = [run for run in stale if run.info.run_id != keep]
     for run in stale:
         _fail(client, run)
     return [run.info.run_id for run in stale]
+
+
+def _mlflow_user() -> str:
+    """The `mlflow.user` tag MLflow gives this process's runs (MLFLOW_TRACKING_USERNAME, else the login name)."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import MLFLOW_USER
+
+    return resolve_tags()[MLFLOW_USER]
 
 
 def fail_run_tree(run_id: str | None) -> None:

@@ -1,5 +1,6 @@
-"""`sonotune grid`: the tiny study as Ray tasks on a real local Ray cluster (two workers), logging to a real MLflow
-server, against a real `dvc repro` of the same study; one worker process is killed mid-task."""
+"""`sonotune grid`: the tiny study on a real local Ray cluster (two workers) with a local-directory DVC remote and a
+real MLflow server, against a real `dvc repro` of the same study. One worker is killed after a finished fold; a
+second grid, in a clone of the workspace on the same remote, starts while the first runs."""
 
 from __future__ import annotations
 
@@ -21,20 +22,15 @@ from tests.workspace import BIN, ROOT, copy_repo, project_env, run, tiny_params
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="Ray is not installed: pip install 'sonotune[ray]'")
-STAGES = ("finetune@phantom-vgg16-0", "finetune@phantom-vgg16-15", "svm@phantom-vgg16-0", "svm@phantom-vgg16-15")
+CONFIGURATIONS = ("phantom-vgg16-0", "phantom-vgg16-15")
+STAGES = tuple(f"{stage}@{c}" for c in CONFIGURATIONS for stage in ("finetune", "svm"))
 KILL_TIMEOUT_S = 600
 
 
 def _lock_outs(repo: Path) -> dict[str, dict[str, str]]:
-    """stage -> {out path: md5} of dvc.lock."""
+    """stage -> {out path: md5} of dvc.lock, for the grid's stages."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     return {stage: {o["path"]: o["md5"] for o in lock[stage]["outs"]} for stage in STAGES}
-
-
-def _metrics(repo: Path, stage: str) -> dict:
-    name = stage.split("@")[1].split("-")
-    classifier = "mlp" if stage.startswith("finetune") else "svm"
-    return json.loads((repo / f"runs/{name[0]}/{name[1]}/{name[2]}/{classifier}_metrics.json").read_text())
 
 
 def _proc(pid: int, entry: str) -> str:
@@ -58,9 +54,9 @@ def _ray_worker_running_finetune(scratch: Path) -> tuple[int, str] | None:
     for stat in Path("/proc").glob("[0-9]*"):
         pid = int(stat.name)
         cwd = _proc(pid, "cwd")
-        if not cwd.startswith(str(scratch)) or "finetune" not in _proc(pid, "cmdline"):
+        if not cwd.startswith(str(scratch)) or "sonotune finetune" not in _proc(pid, "cmdline"):  # not dvc
             continue
-        job = Path(cwd).relative_to(scratch).parts[0]
+        job = Path(cwd).relative_to(scratch).parts[0]  # <commit>-<configuration>
         if not list((scratch / job / ".sonotune" / "resume").rglob("fold_0.json")):
             continue
         parent = _ppid(pid)
@@ -78,43 +74,27 @@ def _kill_a_worker_after_its_first_fold(scratch: Path, killed: dict, stop: threa
         if found:
             pid, job = found
             record = next((scratch / job / ".sonotune" / "resume").rglob("fold_0.json"))
-            killed.update(pid=pid, job=job, fold0_run=json.loads(record.read_text())["run_id"])
+            killed.update(pid=pid, job=job.split("-", 1)[1], fold0_run=json.loads(record.read_text())["run_id"])
             os.kill(pid, signal.SIGKILL)
             return
         time.sleep(0.5)
 
 
-def _open_parent_runs(scratch: Path) -> list[str]:
-    """Parent runs the jobs' finetune stages have opened (their resume stores name them)."""
-    states = [json.loads(p.read_text()) for p in scratch.glob("*/.sonotune/resume/*/*/*/*/state.json")]
-    return [state["parent_run_id"] for state in states if state.get("parent_run_id")]
-
-
-def _grid(repo: Path, scratch: Path, env: dict) -> subprocess.Popen:
+def _grid(repo: Path, scratch: Path, env: dict, engine: str = "ray") -> subprocess.Popen:
     return subprocess.Popen(
-        [str(BIN / "sonotune"), "grid", "--engine", "ray", "--workers", "2", "--scratch", str(scratch),
-         "--object-store-mb", "80"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [str(BIN / "sonotune"), "grid", "--engine", engine, "--workers", "2", "--scratch", str(scratch)],
+        cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _interrupt_once_a_run_is_open(repo: Path, scratch: Path, env: dict) -> dict:
-    """Ctrl-C (SIGINT) to the driver once a job's finetune has opened its MLflow run; what it left."""
-    grid = _grid(repo, scratch, env)
-    deadline = time.monotonic() + KILL_TIMEOUT_S
-    while not _open_parent_runs(scratch) and grid.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    grid.send_signal(signal.SIGINT)
-    try:
-        output, _ = grid.communicate(timeout=180)
-    finally:
-        if grid.poll() is None:
-            grid.kill()
-    return {"rc": grid.returncode, "output": output, "runs": _open_parent_runs(scratch)}
+def _with_remote(repo: Path, remote: Path, env: dict) -> Path:
+    run(["dvc", "remote", "add", "--local", "--default", "team", str(remote)], repo, env)
+    return repo
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A tracking server, the tiny study through `dvc repro` (the reference) and through `sonotune grid --engine
-    ray` with two workers, one of them killed after a finished fold. Timed."""
+    ray` with two workers, one of them killed after a finished fold, while a second grid runs in a clone. Timed."""
     if not HAS_RAY:
         pytest.skip("Ray is not installed: pip install 'sonotune[ray]'")
     base = tmp_path_factory.mktemp("grid")
@@ -127,40 +107,40 @@ def study(tmp_path_factory):
         run(["dvc", "repro"], reference, env)
         repro_seconds = time.monotonic() - started
 
-        repo, scratch = copy_repo(base / "grid", tiny_params()), base / "scratch"
-        interrupted = _interrupt_once_a_run_is_open(repo, scratch, env)
-        from mlflow import MlflowClient
-
-        interrupted["statuses"] = [MlflowClient(uri).get_run(r).info.status for r in interrupted["runs"]]
+        remote = base / "remote"
+        repo = _with_remote(copy_repo(base / "grid", tiny_params()), remote, env)
+        run(["dvc", "push", "-q"], repo, env)  # the data on the team's remote, as `make data` leaves it
+        clone = base / "clone"
+        run(["git", "clone", "-q", str(repo), str(clone)], base, env)
+        _with_remote(clone, remote, env)
+        run(["dvc", "pull", "-q", "data.dvc"], clone, env)
+        scratch = base / "scratch"
         killed, stop = {}, threading.Event()
         killer = threading.Thread(target=_kill_a_worker_after_its_first_fold, args=(scratch, killed, stop))
         started = time.monotonic()
-        grid = _grid(repo, scratch, env)
+        first = _grid(repo, scratch, env)
+        claims = remote / "sonotune-claims"
+        while len(list(claims.glob("*.json"))) < len(CONFIGURATIONS) and first.poll() is None:
+            time.sleep(0.5)
+        second = _grid(clone, base / "scratch-clone", env, engine="local")
         killer.start()
         try:
-            output, _ = grid.communicate(timeout=1200)
+            output, _ = first.communicate(timeout=1200)
+            second_output, _ = second.communicate(timeout=600)
         finally:
             stop.set()
-            if grid.poll() is None:
-                grid.kill()
+            for grid in (first, second):
+                if grid.poll() is None:
+                    grid.kill()
         killer.join()
         grid_seconds = time.monotonic() - started
-        print(f"\ntiny grid: dvc repro {repro_seconds:.0f} s, sonotune grid --engine ray (2 workers, one killed, "
-              f"after a Ctrl-C) {grid_seconds:.0f} s; killed {killed}", file=sys.stderr)
+        print(f"\ntiny grid: dvc repro {repro_seconds:.0f} s, sonotune grid --engine ray (2 workers, one killed) "
+              f"{grid_seconds:.0f} s; killed {killed}", file=sys.stderr)
         print("\n".join(output.splitlines()[-4:]), file=sys.stderr)
-        after = run(["dvc", "repro"], repo, env)
-        yield {"uri": uri, "reference": reference, "repo": repo, "output": output, "rc": grid.returncode,
-               "killed": killed, "repro_after": after.stdout,
-               "interrupted": interrupted}
-
-
-@needs_ray
-@pytest.mark.e2e
-def test_ctrl_c_cancels_the_jobs_and_leaves_no_run_running(study):
-    interrupted = study["interrupted"]
-    assert interrupted["rc"] == 128 + signal.SIGINT, interrupted["output"][-2000:]
-    assert interrupted["output"].strip().splitlines()[-1].startswith("sonotune grid: error: interrupted by SIGINT")
-    assert interrupted["runs"] and "RUNNING" not in interrupted["statuses"], interrupted["statuses"]
+        yield {"uri": uri, "reference": reference, "repo": repo, "clone": clone, "output": output,
+               "rc": first.returncode, "second": second_output, "second_rc": second.returncode, "killed": killed,
+               "commit": run(["git", "rev-parse", "HEAD"], repo).stdout.strip(),
+               "reference_commit": run(["git", "rev-parse", "HEAD"], reference).stdout.strip()}
 
 
 @needs_ray
@@ -190,39 +170,50 @@ def test_the_retried_task_resumed_from_its_finished_fold(study):
     assert parent.data.tags["strategy"] == strategy and parent.data.tags["classifier"] == "mlp"
 
 
-def _without_timings(node):
-    """A metrics document without its wall-clock fields (`seconds` per fold): the rest is deterministic."""
-    if isinstance(node, dict):
-        return {k: _without_timings(v) for k, v in node.items() if k != "seconds"}
-    if isinstance(node, list):
-        return [_without_timings(v) for v in node]
-    return node
+@needs_ray
+@pytest.mark.e2e
+def test_the_driver_restores_from_the_run_cache_and_computes_nothing(study):
+    for output in (study["output"], study["second"]):
+        for stage in STAGES:
+            assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output, output[-3000:]
+        assert "Running stage 'finetune" not in output and "Running stage 'svm" not in output, output[-3000:]
 
 
 @needs_ray
 @pytest.mark.e2e
-def test_dvc_lock_and_metrics_match_dvc_repro(study):
-    """Same outputs, byte for byte (DVC's md5), as `dvc repro`; the MLP metrics differ only in fold timings."""
-    grid, reference = _lock_outs(study["repo"]), _lock_outs(study["reference"])
-    assert {s: sorted(o) for s, o in grid.items()} == {s: sorted(o) for s, o in reference.items()}
-    timed = {out for outs in grid.values() for out in outs if out.endswith("mlp_metrics.json")}
-    assert {s: {o: m for o, m in outs.items() if o not in timed} for s, outs in grid.items()} == \
-        {s: {o: m for o, m in outs.items() if o not in timed} for s, outs in reference.items()}
-    for stage in STAGES:
-        assert _without_timings(_metrics(study["repo"], stage)) == _without_timings(_metrics(study["reference"], stage))
+def test_dvc_lock_matches_dvc_repro_byte_for_byte(study):
+    """Same outputs (DVC's md5 of every file, metrics included: no wall-clock field in them) as `dvc repro`."""
+    assert _lock_outs(study["repo"]) == _lock_outs(study["reference"])
+    assert "up to date" in run(["dvc", "status"], study["repo"]).stdout
 
 
 @needs_ray
 @pytest.mark.e2e
-def test_dvc_repro_afterwards_runs_nothing_and_no_run_is_left_running(study):
+def test_a_second_grid_leaves_the_claimed_work_to_the_first_and_restores_it(study):
+    """Started in a clone while the first grid's claims were live: it computes nothing, waits, restores."""
+    assert study["second_rc"] == 0, study["second"][-3000:]
+    rows = [line.split() for line in study["second"].splitlines() if line.startswith(CONFIGURATIONS)]
+    assert sorted(row[0] for row in rows) == sorted(CONFIGURATIONS)
+    assert all(row[1:4] == ["done", "(another", "grid)"] for row in rows), rows
+    assert _lock_outs(study["clone"]) == _lock_outs(study["repo"])
+    assert "up to date" in run(["dvc", "status"], study["clone"]).stdout
+
+
+@needs_ray
+@pytest.mark.e2e
+def test_every_run_carries_its_commit_none_is_left_running_and_no_work_was_done_twice(study):
     from mlflow import MlflowClient
 
-    assert "Running stage" not in study["repro_after"], study["repro_after"]
-    assert "up to date" in run(["dvc", "status"], study["repo"]).stdout
     client = MlflowClient(study["uri"])
     experiments = [e.experiment_id for e in client.search_experiments()]
-    running = client.search_runs(experiments, "attributes.status = 'RUNNING'")
-    assert running == [], [r.info.run_name for r in running]
+    runs = client.search_runs(experiments)
+    commits = {run.data.tags.get("git_commit") for run in runs}
+    assert commits <= {study["commit"], study["reference_commit"]}, commits  # real checkouts, never `unknown`
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    parents = client.search_runs(experiments, f"tags.git_commit = '{study['commit']}' and tags.fold = 'all' and "
+                                              "attributes.status = 'FINISHED'")
+    configurations = sorted((p.data.tags["strategy"], p.data.tags["classifier"]) for p in parents)
+    assert configurations == sorted((s, c) for s in ("0", "15") for c in ("mlp", "svm"))  # one each: not twice
 
 
 def test_the_grid_refuses_to_run_without_a_tracking_server(tmp_path):

@@ -298,7 +298,8 @@ def run_finetune(params: Params, dataset: str, backbone: str, strategy: int) -> 
         ordered = [results[fold.key] for fold in folds]
         oof = out_of_fold(manifest, data.y, folds, ordered, params.cv.repeats)
         features = {feature_key(kind, r.repeat, r.fold): getattr(r, kind) for r in ordered for kind in ("pooled", "dense")}
-        per_fold = [r.metrics | {"best_epoch": r.best_epoch, "seconds": r.seconds}
+        # no wall-clock seconds here (MLflow's fold_seconds keeps them): two machines must write the same file
+        per_fold = [r.metrics | {"best_epoch": r.best_epoch}
                     | ({"repeat": r.repeat, "fold": r.fold} if params.cv.repeats > 1 else {}) for r in ordered]
         summary = summarize(per_fold)
         pooled, pooled_extra = pooled_metrics(oof)

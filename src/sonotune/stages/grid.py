@@ -1,25 +1,32 @@
-"""Command `sonotune grid`: the study's out-of-date configurations run as jobs (Ray tasks, or here), DVC the bookkeeper.
+"""Command `sonotune grid`: the study's out-of-date configurations as jobs on workers that run DVC (Ray tasks, or here).
 
-1. `dvc repro prepare pretrain` on the driver (the prepared data and pretrained backbones every job reads).
+1. The workspace must be committed (but dvc.lock): each worker checks out that commit, so what it computes is
+   what the commit says. `dvc repro prepare pretrain` runs here, and their outputs go to the DVC remote.
 2. `dvc status --json`: a configuration (dataset, backbone, strategy) is a job when `finetune@<d>-<b>-<s>` is
    out of date (then finetune and svm run) or only its `svm@…` is (svm alone) — what `dvc repro` would run.
-3. Each job ships its stages' dependencies (as dvc.yaml lists them, + `src/` and params.yaml) to a worker,
-   which runs the stage commands in a scratch copy (`grid_engine.run_job`) and sends the outputs back.
-4. The driver writes the outputs into the workspace and `dvc commit`s the job's stages: dvc.lock records the
-   same dependency hashes, params and outputs `dvc repro` would, so a later `dvc repro` runs nothing and
-   `dvc push` shares the results. When every job succeeded, `dvc repro report` ends the grid on the driver.
+3. Each job is claimed first (a claim file per configuration and commit beside the remote, expiring): a second
+   grid on the same remote or workspace leaves it to the first and waits for it. Claimed jobs run
+   `grid_engine.run_job` on a worker: a clone at the commit, `dvc repro --pull`, `dvc push --run-cache`.
+4. The driver `dvc pull --run-cache`s and `dvc repro`s the finished configurations: DVC restores their outputs
+   from the run cache (nothing recomputed) and writes dvc.lock as its own `dvc repro` would. When every job
+   succeeded, `dvc repro report` ends the grid here.
 
-Jobs log to the team's MLflow server (required: the scratch copies are deleted). A job failing for its own
-reason is reported in one line and the others go on; Ctrl-C cancels the jobs (each ends its MLflow runs FAILED).
+The remote is the workspace's default DVC remote (`dvc remote default NAME`); without one, the workers use this
+workspace's DVC cache as their remote, which only workers on this machine can read (the local pool, a local Ray).
+Jobs log to the team's MLflow server (required: the clones are deleted). A job failing for its own reason is
+reported in one line and the others go on, their results kept on the remote; Ctrl-C cancels the jobs (each ends its
+MLflow runs FAILED).
 """
 
 from __future__ import annotations
 
-import hashlib
+import getpass
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,25 +34,96 @@ from pathlib import Path
 from sonotune import team, tracking
 from sonotune.config import Params
 from sonotune.errors import ConfigError, SonotuneError
-from sonotune.grid_engine import Job, JobResult, StageRun, pack, unpack
+from sonotune.grid_engine import Job, JobResult
 
-PARAMS_FILES = ("params.yaml",)
-ALWAYS_SHIPPED = ("src",)  # the whole package: the stage command imports it from the shipped copy
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                  "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_DISABLE_TELEMETRY",
-                 "TF_CPP_MIN_LOG_LEVEL", "DVC_NO_ANALYTICS")
+                 "TF_CPP_MIN_LOG_LEVEL", "DVC_NO_ANALYTICS", "DVC_EXP_NAME")
+CLAIMS_FOLDER = "sonotune-claims"
+LOCK_HELD = "Unable to acquire lock"  # what DVC says when another DVC command holds the workspace's lock
+LOCK_POLL_S = 2.0
+ANOTHER_GRID = "(another grid)"  # the host column of a configuration another grid computed
 
 
 def require_server() -> str:
-    """The tracking server every job logs to: the jobs' scratch copies (and any mlruns/ in them) are deleted."""
+    """The tracking server every job logs to: the jobs' clones (and any mlruns/ in them) are deleted."""
     uri = tracking.tracking_uri()
     if not team.is_server(uri):
         raise ConfigError(
-            f"MLFLOW_TRACKING_URI is {team.redact(uri)}, not a tracking server: grid jobs run in scratch copies "
+            f"MLFLOW_TRACKING_URI is {team.redact(uri)}, not a tracking server: grid jobs run in clones "
             f"that are deleted. Start one (`sonotune server`) and export "
             f"MLFLOW_TRACKING_URI=http://{team.LOOPBACK}:{team.DEFAULT_PORT} (or the team's server)")
     team.check_tracking_server(uri)
     return uri
+
+
+def dvc(args: list[str], root: Path, lock_wait_s: float = 0.0, echo: bool = False) -> str:
+    """Run `dvc args` in `root`; while another DVC command holds the workspace's lock, retry for `lock_wait_s`
+    seconds, then stop with one line saying so."""
+    deadline = time.monotonic() + lock_wait_s
+    while True:
+        result = subprocess.run([dvc_program(), *args], cwd=root, capture_output=True, text=True)
+        if echo and result.stdout.strip():
+            print(result.stdout.rstrip(), flush=True)
+        if result.returncode == 0:
+            return result.stdout
+        detail = (result.stderr or result.stdout or "").strip().splitlines()
+        if any(LOCK_HELD in line for line in detail):
+            if time.monotonic() < deadline:
+                time.sleep(LOCK_POLL_S)
+                continue
+            raise SonotuneError(f"`dvc {' '.join(args[:2])}`: another DVC command holds this workspace's lock "
+                                f"(.dvc/tmp/lock); waited {lock_wait_s:.0f} s (--lock-wait): rerun when it has "
+                                f"ended (finished jobs are on the remote: the rerun restores them)")
+        raise SonotuneError(f"`dvc {' '.join(args)}` failed ({result.returncode})" + (f": {detail[-1]}" if detail
+                                                                                      else ""))
+
+
+def dvc_program() -> str:
+    """This environment's `dvc` (beside the interpreter: found without an activated virtual environment)."""
+    return shutil.which("dvc", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])) \
+        or "dvc"
+
+
+def git(args: list[str], root: Path) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def require_committed(root: Path) -> str:
+    """The commit the workers check out; one line if tracked files but dvc.lock differ from it (the workers would
+    not see those changes)."""
+    try:
+        commit = git(["rev-parse", "HEAD"], root)
+        changed = git(["diff", "--name-only", "HEAD", "--", ".", ":!dvc.lock"], root)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        raise ConfigError(f"{root} is not a git repository with a commit: grid workers check out the driver's "
+                          "commit (git init && git commit); nothing was run") from None
+    if changed:
+        files = ", ".join(changed.splitlines()[:5])
+        raise ConfigError(f"uncommitted changes in {files}: grid workers check out commit {commit[:12]} and would "
+                          "not see them; commit them (or git stash) and rerun; nothing was run")
+    return commit
+
+
+def cache_root(root: Path) -> str:
+    """The workspace's DVC cache directory (DVC 3 keeps files/md5/… and runs/ in it, as a remote does)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return repo.cache.local_cache_dir
+
+
+def default_remote(root: Path) -> str:
+    """The workspace's default DVC remote's URL, else its cache directory (readable by workers on this machine)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        name = repo.config["core"].get("remote")
+        return repo.config["remote"][name]["url"] if name else cache_root(root)
+
+
+def is_cache_of(root: Path, remote: str) -> bool:
+    return Path(remote).resolve() == Path(cache_root(root)).resolve()
 
 
 def configurations(params: Params) -> list[tuple[str, str, int]]:
@@ -53,48 +131,16 @@ def configurations(params: Params) -> list[tuple[str, str, int]]:
     return [(d, b, s) for d in study.datasets for b in study.backbones for s in study.strategies]
 
 
-def dvc(args: list[str], root: Path, capture: bool = True) -> str:
-    result = subprocess.run(["dvc", *args], cwd=root, capture_output=capture, text=True)
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout or "").strip().splitlines() if capture else []
-        raise SonotuneError(f"`dvc {' '.join(args)}` failed ({result.returncode})"
-                            + (f": {detail[-1]}" if detail else ""))
-    return result.stdout or ""
-
-
-def stale_stages(root: Path) -> set[str]:
-    """Names of the stages `dvc repro` would run now (finetune@phantom-vgg16-0, …)."""
-    return set(json.loads(dvc(["status", "--json"], root) or "{}"))
-
-
-def stage_runs(root: Path) -> dict[str, tuple[StageRun, list[str]]]:
-    """Every stage of dvc.yaml: (its command and outputs, its dependency paths), by name."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        return {
-            stage.addressing: (StageRun(stage.addressing, stage.cmd, tuple(str(o.def_path) for o in stage.outs)),
-                               sorted({str(d.def_path) for d in stage.deps}))
-            for stage in repo.index.stages
-        }
-
-
-def plan_jobs(root: Path, params: Params) -> list[Job]:
+def plan_jobs(root: Path, params: Params, commit: str, remote: str, lock_wait_s: float = 0.0) -> list[Job]:
     """One job per configuration with an out-of-date finetune or svm stage, in the study's order."""
-    stale, stages = stale_stages(root), stage_runs(root)
+    stale = set(json.loads(dvc(["status", "--json"], root, lock_wait_s) or "{}"))
     jobs = []
     for dataset, backbone, strategy in configurations(params):
         name = f"{dataset}-{backbone}-{strategy}"
         finetune, svm = f"finetune@{name}", f"svm@{name}"
-        chosen = [finetune, svm] if finetune in stale else [svm] if svm in stale else []
-        if not chosen:
-            continue
-        runs = tuple(stages[s][0] for s in chosen)
-        outs = [out for run in runs for out in run.outs]
-        deps = {dep for s in chosen for dep in stages[s][1]}
-        inputs = sorted(p for p in deps | set(ALWAYS_SHIPPED) | set(PARAMS_FILES)
-                        if not any(p == o or p.startswith(o.rstrip("/") + "/") for o in outs))
-        jobs.append(Job(name, runs, tuple(inputs)))
+        chosen = (finetune, svm) if finetune in stale else (svm,) if svm in stale else ()
+        if chosen:
+            jobs.append(Job(name, chosen, commit, str(root.resolve()), remote))
     return jobs
 
 
@@ -102,34 +148,62 @@ def forwarded_env() -> dict[str, str]:
     return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
 
 
-def default_scratch(root: Path) -> Path:
-    """A per-workspace scratch folder in the temp dir (stable: a rerun after a crash finds its resume stores)."""
-    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / "sonotune-grid" / key
+def default_scratch() -> Path:
+    """The jobs' clones: in each node's temp folder (a retry on the same node finds its resume store)."""
+    return Path(tempfile.gettempdir()) / "sonotune-grid"
 
 
-def inputs_stamp(root: Path, paths: tuple[str, ...]) -> str:
-    """A cheap fingerprint (path, size, modification time) of the files under `paths`."""
-    digest = hashlib.sha256()
-    for path in paths:
-        files = [root / path] if (root / path).is_file() else sorted((root / path).rglob("*"))
-        for file in files:
-            if file.is_file():
-                stat = file.stat()
-                digest.update(f"{file.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+def claims_dir(root: Path, remote: str) -> Path:
+    """Beside a remote that is a directory (every grid using it sees the claims), else in the workspace."""
+    local = "://" not in remote or remote.startswith("file://")
+    return (Path(remote.removeprefix("file://")) if local else root / ".dvc" / "tmp") / CLAIMS_FOLDER
 
 
-def bring_back(root: Path, job: Job, result: JobResult) -> None:
-    """Replace the job's outputs in the workspace by the worker's and record them in dvc.lock."""
-    for out in job.outs:
-        path = root / out
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    unpack(result.outputs, root)
-    dvc(["commit", "--force", "--quiet", *(stage.name for stage in job.stages)], root)
+def claim(folder: Path, job: Job, ttl_s: float) -> bool:
+    """Claim `job` (create its claim file), or take over an expired claim; False when a live claim is another's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{job.folder}.json"
+    owner = {"user": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid(),
+             "expires": time.time() + ttl_s}
+    for _ in range(2):
+        try:
+            with open(path, "x") as out:
+                json.dump(owner, out)
+            return True
+        except FileExistsError:
+            if not claim_expired(path):
+                return False
+            path.unlink(missing_ok=True)  # a crashed grid's claim
+    return False
+
+
+def claim_expired(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text())["expires"] < time.time()
+    except FileNotFoundError:
+        return True
+    except (ValueError, KeyError):  # being written: live
+        return False
+
+
+def release(folder: Path, job: Job) -> None:
+    path = folder / f"{job.folder}.json"
+    try:
+        owner = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    if (owner.get("host"), owner.get("pid")) == (socket.gethostname(), os.getpid()):  # never another grid's claim
+        path.unlink(missing_ok=True)
+
+
+def wait_for_claims(folder: Path, jobs: list[Job], bar) -> None:
+    """Until the other grids' claims on `jobs` are released or expired."""
+    waiting = list(jobs)
+    while waiting:
+        waiting = [job for job in waiting if not claim_expired(folder / f"{job.folder}.json")]
+        if waiting:
+            bar.set_postfix_str(f"waiting for {len(waiting)} configuration(s) another grid claimed")
+            time.sleep(LOCK_POLL_S)
 
 
 def results_table(results: list[JobResult]) -> str:
@@ -141,49 +215,64 @@ def results_table(results: list[JobResult]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
-def input_archives(root: Path, jobs: list[Job]) -> list[tuple[Job, bytes]]:
-    """Each job with its packed inputs; jobs reading the same paths share one archive (one copy to ship)."""
-    archives: dict[tuple[str, ...], bytes] = {}
-    return [(job, archives.setdefault(job.inputs, pack(root, job.inputs))) for job in jobs]
+def prepare_inputs(root: Path, remote: str, lock_wait_s: float) -> None:
+    """The prepared data and pretrained backbones every job reads: restored from the remote where a teammate
+    computed them, else computed here; then on the remote (with their run-cache entries) for the workers."""
+    on_remote = not is_cache_of(root, remote)
+    dvc(["repro", "--quiet", *(["--pull"] if on_remote else []), "prepare", "pretrain"], root, lock_wait_s)
+    if on_remote:
+        dvc(["push", "--run-cache", "--quiet"], root, lock_wait_s)
 
 
-def run_grid(params: Params, engine, root: Path, echo=print) -> tuple[list[JobResult], float]:
-    """Run every out-of-date configuration on `engine`, bring the outputs back; (results, wall seconds)."""
+def restore(root: Path, remote: str, stages: list[str], lock_wait_s: float) -> None:
+    """The jobs' outputs into the workspace from the run cache: `dvc repro --pull` restores them, runs nothing."""
+    if stages:
+        dvc(["repro", *([] if is_cache_of(root, remote) else ["--pull"]), *stages], root, lock_wait_s, echo=True)
+
+
+def run_grid(params: Params, engine, root: Path, remote: str, claim_ttl_s: float, lock_wait_s: float
+             ) -> tuple[list[JobResult], float]:
+    """Run every out-of-date configuration not claimed by another grid on `engine`, then restore every finished
+    one into the workspace; (results, wall seconds)."""
     from tqdm import tqdm
 
     started = time.monotonic()
-    jobs = plan_jobs(root, params)
+    commit = require_committed(root)
+    jobs = plan_jobs(root, params, commit, remote, lock_wait_s)
     if not jobs:
         return [], time.monotonic() - started
+    folder = claims_dir(root, remote)
+    mine = [job for job in jobs if claim(folder, job, claim_ttl_s)]
+    others = [job for job in jobs if job not in mine]
     results: list[JobResult] = []
     bar = tqdm(total=len(jobs), desc="grid", unit="config")
 
     def show(_name: str = "") -> None:
-        failed, left = sum(not r.ok for r in results), len(jobs) - len(results)
+        failed, left = sum(not r.ok for r in results), len(mine) - len(results)
         running = min(engine.running(), left) if engine.name == "ray" else min(1, left)
-        bar.set_postfix_str(f"done {len(results) - failed}, running {running}, failed {failed}")
+        bar.set_postfix_str(f"done {len(results) - failed}, running {running}, failed {failed}, "
+                            f"claimed by another grid {len(others)}")
 
     show()
-    by_name = {job.name: job for job in jobs}
-    stamps = {job.name: inputs_stamp(root, job.inputs) for job in jobs}
     try:
-        for result in engine.run(input_archives(root, jobs), show):
-            job = by_name[result.name]
-            if result.ok and inputs_stamp(root, job.inputs) != stamps[job.name]:
-                # dvc commit would record the workspace's params and code, not those the job ran with
-                result.ok, result.line = False, ("its inputs (params.yaml, src/ or prepared data) changed in the "
-                                                 "workspace while it ran: not recorded, rerun `sonotune grid`")
-            if result.ok:
-                bring_back(root, job, result)
-            else:
+        for result in engine.run(mine, show):
+            release(folder, next(job for job in mine if job.name == result.name))
+            if not result.ok:
                 bar.write(f"sonotune grid: {result.name} failed: {result.line}")
             results.append(result)
             bar.update()
             show()
+        wait_for_claims(folder, others, bar)
+        bar.update(len(others))
     except KeyboardInterrupt:
         bar.write("sonotune grid: cancelling the running jobs (their MLflow runs end FAILED)…")
         engine.cancel()
         raise
     finally:
+        for job in mine:
+            release(folder, job)
         bar.close()
+    done = {r.name for r in results if r.ok}
+    restore(root, remote, [s for job in jobs if job.name in done or job in others for s in job.stages], lock_wait_s)
+    results += [JobResult(job.name, True, host=ANOTHER_GRID, attempts=0) for job in others]
     return results, time.monotonic() - started

@@ -4,9 +4,9 @@ Run as `sonotune pretrain --backbone B [--params params.yaml]`. Simulates `pretr
 (a random stream no study image comes from: data/phantom.py `SOURCE_STREAM`), trains the backbone from random
 init on benign vs malignant with the best epoch picked on held-out source images, and writes
 `prepared/pretrain/B.weights.h5` (the backbone's weights: `finetune.weights: prepared/pretrain/{backbone}.weights.h5`
-names it) and `prepared/pretrain/B.json` (DVC metrics: held-out source AUC per epoch, sizes, seconds). Each file
-is written whole or not at all. `pretrain.epochs: 0` saves the seeded random initialisation instead (seconds: the
-stage's cost while `finetune.weights` does not name its output). Logs one run to the MLflow experiment `sonotune-pretrain`.
+names it) and `prepared/pretrain/B.json` (DVC metrics: held-out source AUC per epoch, sizes; the wall-clock seconds go to MLflow only, so two machines
+write the same file). Each file is written whole or not at all. `pretrain.epochs: 0` saves the seeded random
+initialisation instead (the stage's cost while `finetune.weights` does not name its output). Logs one run to the MLflow experiment `sonotune-pretrain`.
 Says what it does while it works: a line before the simulation, a progress bar over the epochs (loss, held-out AUC).
 """
 
@@ -65,7 +65,8 @@ def _log_run(params: Params, backbone: str, size: int, report: dict, weights: Pa
 
 
 def run_pretrain(params: Params, backbone: str, root: Path = PRETRAIN_ROOT) -> dict:
-    """Pretrain `backbone`, write its weights and report under `root`, log the run; return the report."""
+    """Pretrain `backbone`, write its weights and report under `root`, log the run; return the report with the
+    wall-clock `seconds` (in MLflow and this return value, never in the DVC-tracked file)."""
     cfg = params.pretrain
     size = pretrain_input_size(params, backbone)
     check_backbone(backbone, size, None)  # an unknown backbone or a too-small size stops before any work
@@ -87,12 +88,12 @@ def run_pretrain(params: Params, backbone: str, root: Path = PRETRAIN_ROOT) -> d
         "backbone": backbone, "source": cfg.source, "n_images": cfg.n_images if cfg.epochs else 0,
         "input_size": size, "epochs": cfg.epochs, "best_epoch": result.best_epoch + 1,
         "best_source_val_auc": None if not cfg.epochs else round(result.best_val_auc, 4),
-        "seconds": round(time.perf_counter() - started, 1),
         "history": {key: [round(v, 4) for v in values] for key, values in result.history.items()},
     }
     path = report_file(backbone, root)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(path)
+    report = report | {"seconds": round(time.perf_counter() - started, 1)}
     _log_run(params, backbone, size, report, weights)
     return report
