@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -873,6 +874,113 @@ def test_the_grid_runs_on_a_ray_of_its_own_beside_a_ray_start_cluster(repo, ray_
            "runs on a Ray of its own; the `ray start` cluster is left alone", repo, bound=300)
 
 
+@pytest.fixture(scope="module")
+def grid_server(tmp_path_factory):
+    """A tracking server the grid's cases share."""
+    with mlflow_server(tmp_path_factory.mktemp("grid-mlflow")) as uri:
+        yield uri
+
+
+def hold_dvc_lock(repo: Path) -> subprocess.Popen:
+    """Another DVC command's hold on the workspace's lock (DVC's own lock file, held by a live process)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time, zc.lockfile; "
+                               "lock = zc.lockfile.LockFile('.dvc/tmp/lock'); print('held', flush=True); "
+                               "time.sleep(120)"], cwd=repo, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+GRID_REFUSALS = {
+    # case: (fault, how the workspace or environment is damaged, words of the line)
+    "grid-uncommitted-changes": ("`sonotune grid` with params.yaml edited but not committed", "uncommitted",
+                                 "uncommitted changes in params.yaml: grid workers check out commit"),
+    "grid-not-a-git-repository": ("`sonotune grid` in a folder that is not a git repository", "no-git",
+                                  "is not a git repository with a commit"),
+    "grid-dvc-lock-held": ("`sonotune grid --lock-wait 1` while another DVC command holds the workspace's lock",
+                           "lock", "`dvc repro prepare pretrain`: another DVC command holds this workspace's lock "
+                           "(.dvc/tmp/lock); waited 1 s"),
+    "grid-without-server": ("`sonotune grid` without a tracking server (`MLFLOW_TRACKING_URI` unset)", "no-server",
+                            "not a tracking server: grid jobs run in clones that are deleted"),
+    "grid-server-unreachable": ("`sonotune grid` with `MLFLOW_TRACKING_URI` naming a server that is down",
+                                "server-down", "is unreachable"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRID_REFUSALS))
+def test_the_grid_refuses_in_one_line_before_any_job(repo, grid_server, case):
+    fault, damage, named = GRID_REFUSALS[case]
+    env = project_env(MLFLOW_TRACKING_URI=grid_server)
+    holder = None
+    if damage == "uncommitted":
+        set_params(repo, **{"finetune.epochs": 2})
+    elif damage == "no-git":
+        shutil.rmtree(repo / ".git")
+    elif damage == "lock":
+        holder = hold_dvc_lock(repo)
+    elif damage == "no-server":
+        env = project_env()
+    elif damage == "server-down":
+        env = project_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
+    try:
+        result = sonotune(repo, "grid", "--engine", "local", "--lock-wait", "1", env=env)
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    line = error_line(result, "grid")
+    assert result.returncode == 2 and named in line, line
+    assert not (repo / "runs").exists() and not (repo / "prepared" / "pretrain").exists() and half_written(repo) == []
+    assert not list((repo / ".dvc" / "cache").rglob("sonotune-claims/*/*.json"))
+    assert "Running stage" not in result.output and running(run_statuses(grid_server)) == []
+    record(case, fault, result, line, "everything; no job ran, no claim taken", repo)
+
+
+def _wait_for_a_running_job(uri: str, claims_folder: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until a job's stage has opened its MLflow run: a run RUNNING while the job's claim is held (the driver's
+    pretrain run has ended before any claim is taken)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if list(claims_folder.rglob("*.json")) and running(run_statuses(uri)):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no job started a run (exit {process.poll()})")
+
+
+def test_ctrl_c_on_the_grid_cancels_its_job_releases_its_claim_and_the_rerun_completes(repo, grid_server, tmp_path):
+    """SIGINT to the grid's process group (the terminal's Ctrl-C) while a job's finetune runs."""
+    env = project_env(MLFLOW_TRACKING_URI=grid_server)
+    command = [SONOTUNE, "grid", "--engine", "local", "--scratch", str(tmp_path / "scratch")]
+    claims_folder = repo / ".dvc" / "cache" / "sonotune-claims"  # no default remote: the cache serves as one
+    process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        _wait_for_a_running_job(grid_server, claims_folder, process)
+        sent = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    from tests.faults import Result
+
+    result = Result(command, process.returncode, stdout, stderr, time.monotonic() - sent)
+    line = error_line(result, "grid")
+    assert result.returncode == 130 and "interrupted by SIGINT" in line, result.output[-3000:]
+    assert list(claims_folder.rglob("*.json")) == []  # released
+    statuses = run_statuses(grid_server)
+    assert running(statuses) == [] and "FAILED" in {status for _, status, _ in statuses}, statuses
+    assert not (repo / "runs").exists() and half_written(repo) == []  # nothing restored half-way
+
+    rerun = sonotune(repo, "grid", "--engine", "local", "--scratch", str(tmp_path / "scratch"), env=env)
+    assert rerun.returncode == 0, rerun.output[-3000:]
+    assert rerun.stdout.strip().splitlines()[-1].startswith("1 of 1 configuration(s) done")
+    assert (repo / "runs/phantom/vgg16/0/svm_metrics.json").is_file() and running(run_statuses(grid_server)) == []
+    assert list(claims_folder.rglob("*.json")) == []
+    record("grid-ctrl-c", "Ctrl-C (SIGINT) on `sonotune grid` while a job's finetune runs", result, line,
+           "the finished folds (in the job's clone under --scratch); claims released, runs FAILED; the rerun "
+           "completes", repo, command="sonotune grid --engine local")
+
+
 DISK_FULL = {
     # case: (fault, command line, what must be left untouched)
     "disk-full-grid": ("`sonotune grid` with too little free disk for the study's outputs",
@@ -1176,7 +1284,8 @@ CASES = (
     + ["queue-without-server", "server-lost-mid-stage", "server-hangs-mid-stage", "server-port-in-use",
        "promote-unknown-model", "promote-without-version", "predict-unreadable-image", "predict-unknown-model",
        "dvc-checkout-force-fresh-clone", "two-dvc-repro-at-once", "dvc-repro-fails", "params-duplicate-key"]
-    + sorted(BACKENDS) + ["grid-ray-address-refused", "grid-ray-start-cluster"] + sorted(DISK_FULL)
+    + sorted(BACKENDS) + ["grid-ray-address-refused", "grid-ray-start-cluster"] + sorted(GRID_REFUSALS)
+    + ["grid-ctrl-c"] + sorted(DISK_FULL)
     + ["promote-bad-alias"] + sorted(PORTS)
     + ["serve-path-instead-of-image", "serve-decompression-bomb", "serve-not-an-image", "serve-body-not-json",
        "serve-upload-too-large", "serve-upload-streamed-too-large", "predict-decompression-bomb",

@@ -1,9 +1,8 @@
 """grid_engine and the grid's bookkeeping on a toy DVC project (real git, real DVC, a local-directory remote): a job
-computes in a clone and pushes; the driver restores without running; a failure is one line; claims; DVC's lock."""
+computes in a clone and pushes; the driver restores without running; a failure is one line; DVC's lock (claims: tests/test_claims.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -98,21 +97,6 @@ def test_a_retry_keeps_the_resume_store_and_cleans_the_rest(toy, tmp_path):
     assert result.ok, result.line
     grid.restore(repo, remote, ["resumed"], lock_wait_s=0)
     assert (repo / "resumed.txt").read_text() == "resumed\n"
-
-
-def test_claims_keep_two_grids_apart_expire_and_are_released_only_by_their_owner(tmp_path):
-    job = Job("phantom-vgg16-0", ("finetune@phantom-vgg16-0",), "c" * 40, "origin", "remote")
-    assert grid.claim(tmp_path, job, ttl_s=60)
-    assert not grid.claim(tmp_path, job, ttl_s=60)  # a second grid leaves it to the first
-    path = tmp_path / f"{job.folder}.json"
-    owner = json.loads(path.read_text())
-    path.write_text(json.dumps(owner | {"pid": owner["pid"] + 1}))  # another grid's claim
-    grid.release(tmp_path, job)
-    assert path.exists()  # not ours: kept
-    path.write_text(json.dumps(owner | {"pid": owner["pid"] + 1, "expires": time.time() - 1}))
-    assert grid.claim(tmp_path, job, ttl_s=60)  # a crashed grid's expired claim is taken over
-    grid.release(tmp_path, job)
-    assert not path.exists()
 
 
 def test_a_dvc_lock_held_by_another_command_waits_then_says_so_in_one_line(toy):

@@ -434,7 +434,7 @@ def cmd_grid(args) -> None:
     failed = [r for r in results if not r.ok]
     if not failed:
         print("the report, on this machine (dvc repro report)", flush=True)
-        grid.dvc(["repro", "--quiet", "report"], root, args.lock_wait)
+        grid.dvc(["repro", "report"], root, args.lock_wait)
     if results:
         print(grid.results_table(results))
     print(f"{len(results) - len(failed)} of {len(results)} configuration(s) done in {seconds:.0f} s on {args.engine}"

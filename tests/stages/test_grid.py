@@ -120,7 +120,7 @@ def study(tmp_path_factory):
         started = time.monotonic()
         first = _grid(repo, scratch, env)
         claims = remote / "sonotune-claims"
-        while len(list(claims.glob("*.json"))) < len(CONFIGURATIONS) and first.poll() is None:
+        while len(list(claims.rglob("*.json"))) < len(CONFIGURATIONS) and first.poll() is None:
             time.sleep(0.5)
         second = _grid(clone, base / "scratch-clone", env, engine="local")
         killer.start()

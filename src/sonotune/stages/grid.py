@@ -4,8 +4,8 @@
    what the commit says. `dvc repro prepare pretrain` runs here, and their outputs go to the DVC remote.
 2. `dvc status --json`: a configuration (dataset, backbone, strategy) is a job when `finetune@<d>-<b>-<s>` is
    out of date (then finetune and svm run) or only its `svm@…` is (svm alone) — what `dvc repro` would run.
-3. Each job is claimed first (a claim file per configuration and commit beside the remote, expiring): a second
-   grid on the same remote or workspace leaves it to the first and waits for it. Claimed jobs run
+3. Each job is claimed first (an object per claimant under `sonotune-claims/` on the remote, expiring: claims.py):
+   a second grid on the same remote or workspace leaves it to the first and waits for it. Claimed jobs run
    `grid_engine.run_job` on a worker: a clone at the commit, `dvc repro --pull`, `dvc push --run-cache`.
 4. The driver `dvc pull --run-cache`s and `dvc repro`s the finished configurations: DVC restores their outputs
    from the run cache (nothing recomputed) and writes dvc.lock as its own `dvc repro` would. When every job
@@ -20,18 +20,16 @@ MLflow runs FAILED).
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from sonotune import team, tracking
+from sonotune import claims, team, tracking
 from sonotune.config import Params
 from sonotune.errors import ConfigError, SonotuneError
 from sonotune.grid_engine import Job, JobResult
@@ -39,7 +37,6 @@ from sonotune.grid_engine import Job, JobResult
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                  "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_DISABLE_TELEMETRY",
                  "TF_CPP_MIN_LOG_LEVEL", "DVC_NO_ANALYTICS", "DVC_EXP_NAME")
-CLAIMS_FOLDER = "sonotune-claims"
 LOCK_HELD = "Unable to acquire lock"  # what DVC says when another DVC command holds the workspace's lock
 LOCK_POLL_S = 2.0
 ANOTHER_GRID = "(another grid)"  # the host column of a configuration another grid computed
@@ -58,9 +55,11 @@ def require_server() -> str:
 
 
 def dvc(args: list[str], root: Path, lock_wait_s: float = 0.0, echo: bool = False) -> str:
-    """Run `dvc args` in `root`; while another DVC command holds the workspace's lock, retry for `lock_wait_s`
-    seconds, then stop with one line saying so."""
+    """Run `dvc args` in `root` (its output captured; never give `--quiet`: DVC then hides the lock error read
+    here); while another DVC command holds the workspace's lock, retry for `lock_wait_s` seconds, then stop with
+    one line saying so."""
     deadline = time.monotonic() + lock_wait_s
+    shown = " ".join(args[:4]) + (" …" if len(args) > 4 else "")  # a restore names every stage
     while True:
         result = subprocess.run([dvc_program(), *args], cwd=root, capture_output=True, text=True)
         if echo and result.stdout.strip():
@@ -72,11 +71,10 @@ def dvc(args: list[str], root: Path, lock_wait_s: float = 0.0, echo: bool = Fals
             if time.monotonic() < deadline:
                 time.sleep(LOCK_POLL_S)
                 continue
-            raise SonotuneError(f"`dvc {' '.join(args[:2])}`: another DVC command holds this workspace's lock "
+            raise SonotuneError(f"`dvc {shown}`: another DVC command holds this workspace's lock "
                                 f"(.dvc/tmp/lock); waited {lock_wait_s:.0f} s (--lock-wait): rerun when it has "
                                 f"ended (finished jobs are on the remote: the rerun restores them)")
-        raise SonotuneError(f"`dvc {' '.join(args)}` failed ({result.returncode})" + (f": {detail[-1]}" if detail
-                                                                                      else ""))
+        raise SonotuneError(f"`dvc {shown}` failed ({result.returncode})" + (f": {detail[-1]}" if detail else ""))
 
 
 def dvc_program() -> str:
@@ -153,54 +151,11 @@ def default_scratch() -> Path:
     return Path(tempfile.gettempdir()) / "sonotune-grid"
 
 
-def claims_dir(root: Path, remote: str) -> Path:
-    """Beside a remote that is a directory (every grid using it sees the claims), else in the workspace."""
-    local = "://" not in remote or remote.startswith("file://")
-    return (Path(remote.removeprefix("file://")) if local else root / ".dvc" / "tmp") / CLAIMS_FOLDER
-
-
-def claim(folder: Path, job: Job, ttl_s: float) -> bool:
-    """Claim `job` (create its claim file), or take over an expired claim; False when a live claim is another's."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{job.folder}.json"
-    owner = {"user": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid(),
-             "expires": time.time() + ttl_s}
-    for _ in range(2):
-        try:
-            with open(path, "x") as out:
-                json.dump(owner, out)
-            return True
-        except FileExistsError:
-            if not claim_expired(path):
-                return False
-            path.unlink(missing_ok=True)  # a crashed grid's claim
-    return False
-
-
-def claim_expired(path: Path) -> bool:
-    try:
-        return json.loads(path.read_text())["expires"] < time.time()
-    except FileNotFoundError:
-        return True
-    except (ValueError, KeyError):  # being written: live
-        return False
-
-
-def release(folder: Path, job: Job) -> None:
-    path = folder / f"{job.folder}.json"
-    try:
-        owner = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return
-    if (owner.get("host"), owner.get("pid")) == (socket.gethostname(), os.getpid()):  # never another grid's claim
-        path.unlink(missing_ok=True)
-
-
-def wait_for_claims(folder: Path, jobs: list[Job], bar) -> None:
+def wait_for_claims(store: claims.ClaimStore, jobs: list[Job], bar) -> None:
     """Until the other grids' claims on `jobs` are released or expired."""
     waiting = list(jobs)
     while waiting:
-        waiting = [job for job in waiting if not claim_expired(folder / f"{job.folder}.json")]
+        waiting = [job for job in waiting if claims.held_by_others(store, job.folder)]
         if waiting:
             bar.set_postfix_str(f"waiting for {len(waiting)} configuration(s) another grid claimed")
             time.sleep(LOCK_POLL_S)
@@ -219,9 +174,9 @@ def prepare_inputs(root: Path, remote: str, lock_wait_s: float) -> None:
     """The prepared data and pretrained backbones every job reads: restored from the remote where a teammate
     computed them, else computed here; then on the remote (with their run-cache entries) for the workers."""
     on_remote = not is_cache_of(root, remote)
-    dvc(["repro", "--quiet", *(["--pull"] if on_remote else []), "prepare", "pretrain"], root, lock_wait_s)
+    dvc(["repro", *(["--pull"] if on_remote else []), "prepare", "pretrain"], root, lock_wait_s)
     if on_remote:
-        dvc(["push", "--run-cache", "--quiet"], root, lock_wait_s)
+        dvc(["push", "--run-cache"], root, lock_wait_s)
 
 
 def restore(root: Path, remote: str, stages: list[str], lock_wait_s: float) -> None:
@@ -241,8 +196,9 @@ def run_grid(params: Params, engine, root: Path, remote: str, claim_ttl_s: float
     jobs = plan_jobs(root, params, commit, remote, lock_wait_s)
     if not jobs:
         return [], time.monotonic() - started
-    folder = claims_dir(root, remote)
-    mine = [job for job in jobs if claim(folder, job, claim_ttl_s)]
+    store = claims.store_of(root, is_cache_of(root, remote))
+    held = claims.claim_each(store, [job.folder for job in jobs], claim_ttl_s)
+    mine = [job for job in jobs if job.folder in held]
     others = [job for job in jobs if job not in mine]
     results: list[JobResult] = []
     bar = tqdm(total=len(jobs), desc="grid", unit="config")
@@ -256,13 +212,13 @@ def run_grid(params: Params, engine, root: Path, remote: str, claim_ttl_s: float
     show()
     try:
         for result in engine.run(mine, show):
-            release(folder, next(job for job in mine if job.name == result.name))
+            claims.release(store, next(job for job in mine if job.name == result.name).folder)
             if not result.ok:
                 bar.write(f"sonotune grid: {result.name} failed: {result.line}")
             results.append(result)
             bar.update()
             show()
-        wait_for_claims(folder, others, bar)
+        wait_for_claims(store, others, bar)
         bar.update(len(others))
     except KeyboardInterrupt:
         bar.write("sonotune grid: cancelling the running jobs (their MLflow runs end FAILED)…")
@@ -270,7 +226,7 @@ def run_grid(params: Params, engine, root: Path, remote: str, claim_ttl_s: float
         raise
     finally:
         for job in mine:
-            release(folder, job)
+            claims.release(store, job.folder)
         bar.close()
     done = {r.name for r in results if r.ok}
     restore(root, remote, [s for job in jobs if job.name in done or job in others for s in job.stages], lock_wait_s)
