@@ -203,6 +203,7 @@ class Pretrain(Section):
     epochs: Annotated[int, Field(ge=0)] = 4  # 0: nothing trained, the seeded random initialisation is saved
     batch_size: PositiveInt = 32
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    freeze_bn: bool = False  # BatchNormalization kept in inference mode (identity statistics) while training
 
 
 RESERVED_DATASET_NAMES = {"pretrain"}  # prepared/pretrain holds the pretrained backbones

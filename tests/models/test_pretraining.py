@@ -115,3 +115,22 @@ def test_recalibration_averages_the_batches_and_leaves_vgg_alone():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(first.moving_mean), np.mean(halves, axis=0), rtol=1e-4,
                                atol=1e-5)
     assert recalibrate_batchnorm(create_backbone("vgg16", 32, None), x) == 0
+
+
+def test_pretraining_with_frozen_batchnorm_trains_the_convolutions_and_leaves_every_bn_layer_as_initialised():
+    """`pretrain.freeze_bn`: BatchNormalization stays the identity it was initialised to (moving mean 0,
+    variance 1, gamma 1, beta 0: no batch statistics, none re-estimated) while the convolutions train."""
+    frozen = Pretrain(n_images=16, image_size=48, epochs=1, batch_size=8, freeze_bn=True)
+    keras.utils.set_random_seed(0)
+    initial = create_backbone("resnet50", 32, None)
+    start = {w.path: keras.ops.convert_to_numpy(w).copy() for w in initial.weights}
+    keras.backend.clear_session()
+    result = pretrain_backbone(frozen, "resnet50", 32, phantom_source(frozen, 32, seed=0), seed=0)
+    bn = [layer for layer in result.backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bn) == 53 and not any(layer.trainable for layer in bn)
+    for layer in bn:
+        for name, value in (("moving_mean", 0.0), ("moving_variance", 1.0), ("gamma", 1.0), ("beta", 0.0)):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(getattr(layer, name)), value)
+    kernel = result.backbone.get_layer("conv1_conv").kernel
+    assert not np.array_equal(keras.ops.convert_to_numpy(kernel), start[kernel.path])  # the convolutions trained
+    keras.backend.clear_session()

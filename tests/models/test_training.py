@@ -19,16 +19,18 @@ def test_better_follows_the_monitor():
     assert better("val_loss", 0.3, 0.4) and not better("val_loss", 0.4, 0.3)
 
 
-def test_a_fold_keeps_its_best_epoch_and_predicts_every_image():
-    params = parse_params(tiny_params(**{"finetune.epochs": 3, "finetune.dense_units": 8, "finetune.batch_size": 4}))
+@pytest.mark.parametrize("monitor, best_of", [("val_auc", max), ("val_loss", min)])
+def test_a_fold_keeps_its_best_epoch_and_predicts_every_image(monitor, best_of):
+    params = parse_params(tiny_params(**{"finetune.epochs": 3, "finetune.dense_units": 8, "finetune.batch_size": 4,
+                                         "finetune.monitor": monitor}))
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(12, 32, 32, 3)) * 50).astype(np.float32)
     y = np.arange(12) % 2
     fold = Fold(index=0, fit=np.arange(8), val=np.arange(8, 12), test=np.arange(8, 12))
     cache = PrefixCache()
     model, history, best_epoch, monitored = train_fold(params.finetune, params.seed, "vgg16", 15, x, y, fold, cache)
-    assert len(history["loss"]) == 3 and history["val_auc"][best_epoch] == max(history["val_auc"])
-    assert monitored == max(history["val_auc"])
+    assert len(history["loss"]) == 3 and history[monitor][best_epoch] == best_of(history[monitor])
+    assert monitored == best_of(history[monitor])
     outputs = predict_outputs(model, x, cache)
     assert outputs["probabilities"].shape == (12, 2) and len(outputs["pooled"]) == len(outputs["dense"]) == 12
     np.testing.assert_allclose(outputs["probabilities"].sum(axis=1), 1.0, rtol=1e-5)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sonotune.config import load_params
 from sonotune.stages.finetune import FinishedFold, summary_table
 from sonotune.metrics import binary_metrics, summarize
 from sonotune.outputs import write_plot_data
@@ -103,7 +104,8 @@ def test_killed_run_resumes_missing_folds_into_one_parent_and_matches_an_uninter
     record = json.loads((repo / "runs/phantom/vgg16/0/mlp/mlflow.json").read_text())  # for the svm parent
     assert {k: str(v) for k, v in record["params"].items()} == {
         k: v for k, v in parent.data.params.items() if not k.startswith("config.")}
-    assert best_run.data.metrics["best_monitored"] == max(r.data.metrics["best_monitored"] for r in live)
+    best_of = min if load_params(repo / "params.yaml").finetune.monitor == "val_loss" else max
+    assert best_run.data.metrics["best_monitored"] == best_of(r.data.metrics["best_monitored"] for r in live)
 
     # outputs complete, resume store cleared
     oof = pd.read_csv(repo / "runs/phantom/vgg16/0/mlp/oof.csv")

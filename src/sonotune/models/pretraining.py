@@ -25,6 +25,7 @@ from sonotune.data.images import square
 from sonotune.data.phantom import simulate_source
 from sonotune.models.backbones import create_backbone, get_spec
 from sonotune.models.head import HeadConfig, build_classifier
+from sonotune.models.strategies import freeze_batchnorm
 
 SOURCE_HEAD = HeadConfig(dense_units=256, dropout=0.3)  # the pretext head; dropped after pretraining
 BN_BATCH = 64  # images per forward pass when BatchNormalization statistics are re-estimated
@@ -84,8 +85,11 @@ def pretrain_backbone(cfg: Pretrain, backbone: str, input_size: int, task: Sourc
     # EarlyStopping with patience = epochs never stops early: it restores the epoch with the best val_auc
     best = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.epochs,
                                          restore_best_weights=True)
-    # statistics first: they are part of the best epoch
-    callbacks = [precise_batchnorm_callback(base, x[fit]), best, *callbacks]
+    if cfg.freeze_bn:  # BN stays the identity it was initialised to: no batch statistics to learn or re-estimate
+        freeze_batchnorm(base)
+        callbacks = [best, *callbacks]
+    else:  # statistics first: they are part of the best epoch
+        callbacks = [precise_batchnorm_callback(base, x[fit]), best, *callbacks]
     history = model.fit(x[fit], onehot[fit], validation_data=(x[val], onehot[val]), epochs=cfg.epochs,
                         batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
     values = {key: [float(v) for v in series] for key, series in history.history.items()}

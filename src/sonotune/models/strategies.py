@@ -30,14 +30,23 @@ def frozen_layer_count(backbone: str, n_layers: int, strategy: int) -> int:
 
 def apply_strategy(backbone_model, backbone: str, strategy: int, freeze_bn: bool = False) -> int:
     """Freeze the first layers of `backbone_model` per the strategy; return how many were frozen."""
-    import keras
-
     n_frozen = frozen_layer_count(backbone, len(backbone_model.layers), strategy)
     for index, layer in enumerate(backbone_model.layers):
         layer.trainable = index >= n_frozen
-        if freeze_bn and isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+    if freeze_bn:
+        freeze_batchnorm(backbone_model)
     return n_frozen
+
+
+def freeze_batchnorm(backbone_model) -> int:
+    """Keep every BatchNormalization layer of `backbone_model` in inference mode (in Keras 3, a non-trainable BN
+    layer normalises with its moving statistics, even in training); returns how many there are (VGG: 0)."""
+    import keras
+
+    layers = [layer for layer in backbone_model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.trainable = False
+    return len(layers)
 
 
 LAYERS_FILE = Path(__file__).with_name("backbone_layers.json")  # `layer_inventory()` of every backbone, generated
