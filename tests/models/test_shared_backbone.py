@@ -31,10 +31,10 @@ def _data():
     return x, y, folds
 
 
-def _train(weights, backbone, strategy, x, y, fold, cache):
+def _train(weights, backbone, strategy, x, y, fold, cache, freeze_bn=False):
     params = parse_params(tiny_params(**{
         "finetune.input_size": 32, "finetune.weights": weights, "finetune.batch_size": 4, "finetune.epochs": 2,
-        "finetune.dense_units": 16, "finetune.prefix_cache": cache is not None,
+        "finetune.dense_units": 16, "finetune.prefix_cache": cache is not None, "finetune.freeze_bn": freeze_bn,
     }))
     trained = train_fold(params.finetune, params.seed, backbone, strategy, x, y, fold, cache)
     features = predict_outputs(trained.model, x, cache)
@@ -46,30 +46,38 @@ def _snapshot(trained, features):
     return weights, trained.history, trained.best_epoch, {k: np.array(v) for k, v in features.items()}
 
 
-@pytest.mark.parametrize(("backbone", "strategy"), [("resnet50", 15), ("vgg16", 0)])
-def test_folds_on_a_shared_backbone_equal_folds_on_their_own(tmp_path, backbone, strategy):
+@pytest.mark.parametrize(("backbone", "strategy", "freeze_bn"),
+                         [("resnet50", 15, False), ("resnet50", 15, True), ("vgg16", 0, False)])
+def test_folds_on_a_shared_backbone_equal_folds_on_their_own(tmp_path, backbone, strategy, freeze_bn):
+    """freeze_bn: the BatchNormalization layers of the trained part hold no trainable weights, yet each fold owns
+    them (only the constant part, before the first trainable layer, is shared)."""
     weights = _weights_file(tmp_path, backbone)
     x, y, folds = _data()
 
+    def train(fold, cache):
+        return _train(weights, backbone, strategy, x, y, fold, cache, freeze_bn)
+
     # fold 1 alone, the paper's way: its own backbone built and loaded, the whole model fitted
-    alone = _snapshot(*_train(weights, backbone, strategy, x, y, folds[1], None))
+    alone = _snapshot(*train(folds[1], None))
     keras.backend.clear_session()
     # fold 1 first through a fresh shared backbone
     first = PrefixCache()
-    fold1_first = _snapshot(*_train(weights, backbone, strategy, x, y, folds[1], first))
+    fold1_first = _snapshot(*train(folds[1], first))
     keras.backend.clear_session()
 
     # fold 0, then fold 1, through one shared backbone
     shared = PrefixCache()
-    trained0, features0 = _train(weights, backbone, strategy, x, y, folds[0], shared)
+    trained0, features0 = train(folds[0], shared)
     fold0 = _snapshot(trained0, features0)
     keras.backend.clear_session()  # as iter_train_folds does between folds
-    trained1, features1 = _train(weights, backbone, strategy, x, y, folds[1], shared)
+    trained1, features1 = train(folds[1], shared)
     fold1_second = _snapshot(trained1, features1)
 
     assert shared.backbones.builds == 1 and shared.store.misses == 1
-    frozen0 = [layer for layer in trained0.model.layers if not layer.trainable_weights and layer.weights]
-    assert frozen0 and all(any(layer is other for other in trained1.model.layers) for layer in frozen0)
+    layers0 = trained0.model.layers
+    first_trainable = next(i for i, layer in enumerate(layers0) if layer.trainable_weights)
+    constant0 = [layer for layer in layers0[:first_trainable] if layer.weights]
+    assert constant0 and all(any(layer is other for other in trained1.model.layers) for layer in constant0)
     trainable0 = [layer for layer in trained0.model.layers if layer.trainable_weights]
     assert not any(layer is other for layer in trainable0 for other in trained1.model.layers)
 
