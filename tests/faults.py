@@ -73,6 +73,7 @@ def normalize(text: str, *paths: Path) -> str:
     text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", text)
     text = re.sub(r"--port \d+", "--port <port>", text)
     text = re.sub(r"\b[0-9a-f]{16,}\b", "<hash>", text)
+    text = re.sub(r"\bcommit [0-9a-f]{7,15}\b", "commit <hash>", text)  # a short git commit id
     return text.replace("|", "\\|")
 
 
@@ -99,7 +100,7 @@ def render(order: list[str]) -> str:
         f"surfaced within {SURFACE_BOUND_S} s. This file is generated from those runs — do not edit it: "
         "`SONOTUNE_WRITE_FAILURES=1 pytest tests/test_faults.py`",
         "rewrites it, and the suite fails when it differs. Placeholders: `<repo>` the project folder, `<port>` the",
-        "server's port, `<hash>` a digest or run id.",
+        "server's port, `<hash>` a digest, run id or git commit.",
         "",
         "Exit status: 2 for a bad input or a store that cannot be used (one line, `sonotune <command>: error: …`),",
         "130 for Ctrl-C (SIGINT), 143 for SIGTERM; after either signal open MLflow runs are FAILED and finished",
